@@ -1,0 +1,23 @@
+"""Sphinx configuration for the mailqueue documentation."""
+
+project = "mailqueue"
+author = "The mailqueue developers"
+copyright = "2026, the mailqueue developers"
+
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode"]
+
+html_theme = "furo"
+html_title = "mailqueue"
+exclude_patterns = ["_build"]
+
+# A broken cross-reference is a build error (make docs runs with -n -W).
+nitpicky = True
+# The build is offline, so there is no intersphinx inventory of the standard
+# library; references to its classes in signatures are left unresolved.
+nitpick_ignore_regex = [
+    (r"py:.*", r"(collections|email|datetime|sqlite3|types|typing|logging)\..*")
+]
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_default_options = {"members": True, "show-inheritance": True}

@@ -1,0 +1,220 @@
+"""Mailing lists and their members, kept in an embedded SQLite database.
+
+The database is one file under the configuration's data directory, so every
+runner process sees the same lists.  Each process opens one connection to it
+and keeps it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+
+__all__ = [
+    "Language",
+    "ListExistsError",
+    "ListManager",
+    "MailingList",
+    "Member",
+    "Roster",
+    "create_list",
+]
+
+_POSTING_ADDRESS = re.compile(r"(?P<local>[^@\s]+)@(?P<domain>[^@\s]+\.[^@\s]+)")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS lists (
+    list_id TEXT PRIMARY KEY,
+    fqdn_listname TEXT NOT NULL UNIQUE,
+    preferred_language TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS members (
+    list_id TEXT NOT NULL REFERENCES lists (list_id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    preferred_language TEXT NOT NULL,
+    PRIMARY KEY (list_id, address)
+);
+"""
+
+
+class ListExistsError(ValueError):
+    """A list with that posting address exists already."""
+
+
+@dataclass(frozen=True)
+class Language:
+    """A language, known by its code (``en``, ``fr``, ...)."""
+
+    code: str
+
+
+@dataclass(frozen=True)
+class Member:
+    """A subscriber: an address and the language it prefers."""
+
+    address: str
+    preferred_language: Language
+
+
+class Roster:
+    """The members of one list."""
+
+    def __init__(self, manager: ListManager, list_id: str) -> None:
+        self._manager = manager
+        self._list_id = list_id
+
+    def get_member(self, address: str) -> Member | None:
+        """The member subscribed with *address* (any case), or None."""
+        row = self._manager._query(
+            "SELECT address, preferred_language FROM members"
+            " WHERE list_id = ? AND address = ?",
+            (self._list_id, address.lower()),
+        ).fetchone()
+        return None if row is None else Member(row[0], Language(row[1]))
+
+    def __iter__(self):
+        rows = self._manager._query(
+            "SELECT address, preferred_language FROM members"
+            " WHERE list_id = ? ORDER BY address",
+            (self._list_id,),
+        )
+        return iter([Member(address, Language(code)) for address, code in rows])
+
+
+@dataclass(frozen=True, eq=False)
+class MailingList:
+    """A mailing list, known by its posting address or its list-id."""
+
+    fqdn_listname: str
+    preferred_language: Language
+    _manager: ListManager
+
+    @property
+    def list_name(self) -> str:
+        """The part of the posting address before the ``@``."""
+        return self.fqdn_listname.partition("@")[0]
+
+    @property
+    def mail_host(self) -> str:
+        """The domain of the posting address."""
+        return self.fqdn_listname.partition("@")[2]
+
+    @property
+    def list_id(self) -> str:
+        """The RFC 2919 list-id: ``test.example.com`` for ``test@example.com``."""
+        return f"{self.list_name}.{self.mail_host}"
+
+    @property
+    def members(self) -> Roster:
+        """The list's members."""
+        return Roster(self._manager, self.list_id)
+
+    def subscribe(self, address: str, preferred_language: str | None = None) -> Member:
+        """Subscribe *address*; its language defaults to the list's."""
+        code = preferred_language or self.preferred_language.code
+        self._manager._query(
+            "INSERT INTO members (list_id, address, preferred_language)"
+            " VALUES (?, ?, ?)",
+            (self.list_id, address.lower(), code),
+        )
+        return Member(address.lower(), Language(code))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MailingList) and other.list_id == self.list_id
+
+    def __hash__(self) -> int:
+        return hash(self.list_id)
+
+    def __repr__(self) -> str:
+        return f"<MailingList {self.fqdn_listname}>"
+
+
+class ListManager:
+    """The lists in the database at *path* (made, with its directory, if missing)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        os.makedirs(os.path.dirname(path), mode=0o770, exist_ok=True)
+        # Autocommit: every change is durable once its statement returns.
+        self._connection = sqlite3.connect(
+            path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self._connection.execute("PRAGMA foreign_keys = ON")
+        self._connection.executescript(_SCHEMA)
+
+    @property
+    def usable(self) -> bool:
+        """False once closed, or in a forked child: connections do not cross forks."""
+        return self._connection is not None and self._pid == os.getpid()
+
+    def _query(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._connection.execute(sql, parameters)
+
+    def _make(self, row: tuple[str, str] | None) -> MailingList | None:
+        return None if row is None else MailingList(row[0], Language(row[1]), self)
+
+    def create(self, fqdn_listname: str, preferred_language: str = "en") -> MailingList:
+        """Create the list whose posting address is *fqdn_listname*."""
+        match = _POSTING_ADDRESS.fullmatch(fqdn_listname or "")
+        if match is None:
+            raise ValueError(
+                f"not a list posting address (name@domain): {fqdn_listname!r}"
+            )
+        mlist = MailingList(fqdn_listname.lower(), Language(preferred_language), self)
+        try:
+            self._query(
+                "INSERT INTO lists (list_id, fqdn_listname, preferred_language)"
+                " VALUES (?, ?, ?)",
+                (mlist.list_id, mlist.fqdn_listname, preferred_language),
+            )
+        except sqlite3.IntegrityError:
+            raise ListExistsError(f"the list {fqdn_listname} exists already") from None
+        return mlist
+
+    def get(self, fqdn_listname: str) -> MailingList | None:
+        """The list with posting address *fqdn_listname*, or None."""
+        return self._make(
+            self._query(
+                "SELECT fqdn_listname, preferred_language FROM lists"
+                " WHERE fqdn_listname = ?",
+                (str(fqdn_listname).lower(),),
+            ).fetchone()
+        )
+
+    def get_by_list_id(self, list_id: str) -> MailingList | None:
+        """The list with list-id *list_id*, or None."""
+        return self._make(
+            self._query(
+                "SELECT fqdn_listname, preferred_language FROM lists WHERE list_id = ?",
+                (str(list_id).lower(),),
+            ).fetchone()
+        )
+
+    def delete(self, mlist: MailingList) -> None:
+        """Delete *mlist* and its members."""
+        self._query("DELETE FROM lists WHERE list_id = ?", (mlist.list_id,))
+
+    def __iter__(self):
+        rows = self._query(
+            "SELECT fqdn_listname, preferred_language FROM lists ORDER BY fqdn_listname"
+        ).fetchall()
+        return iter([self._make(row) for row in rows])
+
+    def close(self) -> None:
+        """Close the connection (only in the process that opened it)."""
+        if self.usable:
+            self._connection.close()
+        self._connection = None
+
+
+def create_list(fqdn_listname: str, preferred_language: str = "en") -> MailingList:
+    """Create a mailing list in the configured database and return it."""
+    from mailqueue.config import config
+
+    return config.lists.create(fqdn_listname, preferred_language)

@@ -1,0 +1,63 @@
+"""The message class that travels through the queues."""
+
+from __future__ import annotations
+
+import email
+import email.message
+import re
+from email.header import decode_header, make_header
+from email.utils import getaddresses
+
+__all__ = ["SENDER_HEADERS", "Message", "message_from_string"]
+
+#: The headers that can name a message's author, in the order they are
+#: believed; ``from_`` is the envelope sender (the mbox ``From`` line).
+SENDER_HEADERS = ("from", "from_", "reply-to", "sender")
+
+# A deliberately loose check: something@something, no white space.
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+class Message(email.message.Message):
+    """An :class:`email.message.Message` that knows who sent it.
+
+    Messages are parsed with the ``compat32`` policy, the one queue files
+    store.  ``original_size`` is set when a queue entry stored as plain text
+    is dequeued.
+    """
+
+    @property
+    def senders(self) -> list[str]:
+        """Every address that can be taken as the author, lower-cased.
+
+        They come in the order of :data:`SENDER_HEADERS`; a header may give
+        several addresses, and anything that is not an address is dropped.
+        """
+        found: list[str] = []
+        for header in SENDER_HEADERS:
+            if header == "from_":
+                envelope = self.get_unixfrom() or ""
+                # The mbox line is "From address date"; keep the address.
+                words = envelope.split()
+                values = [words[1]] if len(words) > 1 else []
+            else:
+                values = [
+                    str(make_header(decode_header(str(value))))
+                    for value in self.get_all(header, [])
+                ]
+            for _name, address in getaddresses(values):
+                address = address.lower()
+                if _ADDRESS.match(address):
+                    found.append(address)
+        return found
+
+    @property
+    def sender(self) -> str:
+        """The first of :attr:`senders`, or the empty string if there is none."""
+        senders = self.senders
+        return senders[0] if senders else ""
+
+
+def message_from_string(text: str) -> Message:
+    """Parse *text* (an RFC 5322 message) into a :class:`Message`."""
+    return email.message_from_string(text, _class=Message)

@@ -1,0 +1,211 @@
+"""The switchboard: one queue directory, and the entries in it."""
+
+from __future__ import annotations
+
+import email
+import email.message
+import errno
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from mailqueue import qfile
+from mailqueue.message import Message
+
+__all__ = ["MAX_BAK_COUNT", "Switchboard"]
+
+#: How many times a ``.bak`` file is recovered before it is set aside in the
+#: ``bad`` queue, so that a message that kills its runner cannot loop forever.
+MAX_BAK_COUNT = 3
+
+elog = logging.getLogger("mailqueue.error")
+
+
+class Switchboard:
+    """The entries of one queue directory, or of one slice of it.
+
+    *name* is the queue's name and *queue_directory* its directory, made if
+    missing.  With *numslices* greater than one (a power of two), this
+    switchboard sees only the entries whose digest falls in slice *slice*,
+    counted from zero.  With *recover*, ``.bak`` files left by an earlier
+    run are put back in the queue at once (see :meth:`recover_backup_files`).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        queue_directory: str,
+        slice: int | None = None,
+        numslices: int = 1,
+        recover: bool = False,
+    ) -> None:
+        if (
+            not isinstance(numslices, int)
+            or numslices < 1
+            or numslices & (numslices - 1)
+        ):
+            raise ValueError(f"numslices must be a power of two, not {numslices!r}")
+        if numslices == 1 and slice in (None, 0):
+            slice = None
+        elif not isinstance(slice, int) or not 0 <= slice < numslices:
+            raise ValueError(
+                f"slice must be an integer from 0 to {numslices - 1}, not {slice!r}"
+            )
+        self.name = name
+        self.queue_directory = queue_directory
+        self.slice = slice
+        self.numslices = numslices
+        # A digest's slice is its top bits: exact integer arithmetic, so
+        # every digest is in exactly one slice.
+        self._shift = qfile.DIGEST_BITS - (numslices.bit_length() - 1)
+        os.makedirs(queue_directory, mode=0o770, exist_ok=True)
+        if recover:
+            self.recover_backup_files()
+
+    def __repr__(self) -> str:
+        where = "" if self.slice is None else f" slice {self.slice}/{self.numslices}"
+        return f"<Switchboard {self.name!r}{where} at {self.queue_directory}>"
+
+    def _path(self, filebase: str, extension: str) -> str:
+        return os.path.join(self.queue_directory, filebase + extension)
+
+    def enqueue(
+        self, msg: Any, metadata: dict[str, Any] | None = None, /, **kws: Any
+    ) -> str:
+        """Add *msg* with its metadata to the queue; return its file base.
+
+        The metadata is *metadata* updated with *kws*.  Keys that start with
+        ``_`` are not stored, except that ``version`` and ``_parsemsg`` are
+        always set.  With ``_plaintext=True`` the message is stored as text.
+        """
+        data = dict(metadata or {})
+        data.update(kws)
+        plaintext = bool(data.get("_plaintext"))
+        stored = {key: value for key, value in data.items() if not key.startswith("_")}
+        stored["version"] = qfile.QFILE_SCHEMA_VERSION
+        stored["_parsemsg"] = plaintext
+        if not isinstance(msg, email.message.Message):
+            raise TypeError(f"cannot queue a {type(msg).__name__}: not a message")
+        message_pickle = qfile.dump_checked(str(msg) if plaintext else msg, "message")
+        metadata_pickle = qfile.dump_checked(stored, "metadata")
+        list_id = str(data.get("listid") or data.get("listname") or "--nolist--")
+        filebase = qfile.make_filebase(message_pickle, list_id)
+        try:
+            qfile.write_file(
+                self._path(filebase, ".pck"), (message_pickle, metadata_pickle)
+            )
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"cannot enqueue into the {self.name!r} queue at "
+                f"{self.queue_directory}: {error.strerror or error}",
+            ) from error
+        return filebase
+
+    def dequeue(self, filebase: str) -> tuple[Message, dict[str, Any]]:
+        """Take the entry *filebase* for processing; return its message and metadata.
+
+        The entry becomes a ``.bak`` file until :meth:`finish` is called.
+        Raise :exc:`FileNotFoundError` if another process took it first
+        (then nothing was touched), and :exc:`~mailqueue.qfile.QueueFileError`
+        if it cannot be read safely (then the ``.bak`` stays, to be preserved).
+        """
+        backup = self._path(filebase, ".bak")
+        # Whoever renames the .pck owns the entry; a loser's rename fails.
+        os.rename(self._path(filebase, ".pck"), backup)
+        msg, data, _ = qfile.load_entry(backup)
+        if data.get("_parsemsg"):
+            if not isinstance(msg, str):
+                raise qfile.QueueFileError(f"{filebase}: _parsemsg set, but not text")
+            data["original_size"] = len(msg)
+            msg = email.message_from_string(msg, _class=Message)
+            msg.original_size = data["original_size"]
+        elif isinstance(msg, str):
+            raise qfile.QueueFileError(f"{filebase}: text stored without _parsemsg")
+        return msg, data
+
+    def finish(self, filebase: str, preserve: bool = False) -> None:
+        """Finish with *filebase*: remove it, or with *preserve* move it to ``bad``.
+
+        A preserved entry keeps its file base and gets the ``.psv`` extension.
+        """
+        source = self._path(filebase, ".bak")
+        if not os.path.exists(source) and os.path.exists(self._path(filebase, ".pck")):
+            source = self._path(filebase, ".pck")
+        try:
+            if preserve:
+                from mailqueue.config import config
+
+                bad = config.switchboards["bad"].queue_directory
+                os.rename(source, os.path.join(bad, filebase + ".psv"))
+                qfile.fsync_directory(bad)
+            else:
+                os.unlink(source)
+        except OSError:
+            elog.exception(
+                "Cannot %s queue file %s", "preserve" if preserve else "remove", source
+            )
+
+    @property
+    def files(self) -> list[str]:
+        """The file bases of the queued (``.pck``) entries, first in first out."""
+        return self.get_files()
+
+    def get_files(self, extension: str = ".pck") -> list[str]:
+        """The file bases of this slice's entries with *extension*, oldest first.
+
+        Entries are ordered by the time in their name, then by digest.  A
+        file whose name is not a file base is logged and left alone.
+        """
+        return [parsed.text for parsed in sorted(self._scan(extension))]
+
+    def _scan(self, extension: str) -> Iterator[qfile.FileBase]:
+        with os.scandir(self.queue_directory) as entries:
+            for entry in entries:
+                base, ext = os.path.splitext(entry.name)
+                if ext != extension:
+                    continue
+                parsed = qfile.parse_filebase(base)
+                if parsed is None:
+                    elog.warning(
+                        "Ignoring %s in the %s queue: not a queue file name",
+                        entry.name,
+                        self.name,
+                    )
+                elif self.slice is None or parsed.digest >> self._shift == self.slice:
+                    yield parsed
+
+    def recover_backup_files(self) -> None:
+        """Put this slice's ``.bak`` files back in the queue.
+
+        A ``.bak`` file is an entry a runner took and never finished,
+        because it crashed or was killed.  Each recovery is counted in the
+        metadata as ``_bak_count``; on the :data:`MAX_BAK_COUNT`-th the
+        entry is preserved in the ``bad`` queue instead.  An entry that
+        cannot be read is preserved at once.
+        """
+        for filebase in self.get_files(".bak"):
+            backup = self._path(filebase, ".bak")
+            try:
+                _msg, data, message_pickle = qfile.load_entry(backup)
+            except FileNotFoundError:
+                continue
+            except qfile.QueueFileError as error:
+                elog.error("Preserving unreadable backup %s: %s", filebase, error)
+                self.finish(filebase, preserve=True)
+                continue
+            data["_bak_count"] = data.get("_bak_count", 0) + 1
+            if data["_bak_count"] >= MAX_BAK_COUNT:
+                elog.error("Preserving %s: recovered %d times", filebase, MAX_BAK_COUNT)
+                self.finish(filebase, preserve=True)
+                continue
+            metadata_pickle = qfile.dump_checked(data, "metadata")
+            try:
+                # Count first (an atomic replace of the .bak), then requeue:
+                # a crash in between can only count one recovery too many.
+                qfile.write_file(backup, (message_pickle, metadata_pickle))
+                os.rename(backup, self._path(filebase, ".pck"))
+            except OSError as error:
+                if error.errno != errno.ENOENT:
+                    raise
