@@ -11,7 +11,12 @@ fixtures are the names a document may use without importing them:
 ``dump_msgdata``
     :func:`mailqueue.testing.dump_msgdata`, which prints metadata sorted and aligned;
 ``message_from_string``
-    :func:`mailqueue.message_from_string`.
+    :func:`mailqueue.message_from_string`;
+``subscribe``
+    ``subscribe(mlist, address, language=None)`` makes *address* a member;
+``show_log``
+    ``show_log(name)`` prints what was logged to ``mailqueue.<name>``
+    (``error``, ``runner``) since it was last called.
 """
 
 from doctest import ELLIPSIS, NORMALIZE_WHITESPACE, REPORT_NDIFF
@@ -21,10 +26,18 @@ from sybil import Sybil
 from sybil.parsers.rest import DocTestParser, PythonCodeBlockParser
 
 import mailqueue
+from mailqueue.testing import LogCapture, isolated_state
 from mailqueue.testing import dump_msgdata as _dump_msgdata
-from mailqueue.testing import isolated_state
+from mailqueue.testing import subscribe as _subscribe
 
-DOC_FIXTURES = ["config", "create_list", "dump_msgdata", "message_from_string"]
+DOC_FIXTURES = [
+    "config",
+    "create_list",
+    "dump_msgdata",
+    "message_from_string",
+    "subscribe",
+    "show_log",
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +64,17 @@ def dump_msgdata(_document_state):
 @pytest.fixture(scope="module")
 def message_from_string(_document_state):
     return mailqueue.message_from_string
+
+
+@pytest.fixture(scope="module")
+def subscribe(_document_state):
+    return _subscribe
+
+
+@pytest.fixture(scope="module")
+def show_log(_document_state):
+    with LogCapture().installed() as capture:
+        yield capture
 
 
 pytest_collect_file = Sybil(

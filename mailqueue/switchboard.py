@@ -5,8 +5,10 @@ from __future__ import annotations
 import email
 import email.message
 import errno
+import fcntl
 import logging
 import os
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,8 +30,15 @@ class Switchboard:
     *name* is the queue's name and *queue_directory* its directory, made if
     missing.  With *numslices* greater than one (a power of two), this
     switchboard sees only the entries whose digest falls in slice *slice*,
-    counted from zero.  With *recover*, ``.bak`` files left by an earlier
-    run are put back in the queue at once (see :meth:`recover_backup_files`).
+    counted from zero.
+
+    With *recover*, this switchboard tries to become the *owner* of its
+    slice: the one process that recovers the slice's ``.bak`` files.  It
+    holds a lock on the slice for as long as it lives; if it gets the lock,
+    it puts the ``.bak`` files left by an earlier run back in the queue (see
+    :meth:`recover_backup_files`).  If another process holds the lock, those
+    files may be entries that process is working on right now, so they are
+    left alone.
     """
 
     def __init__(
@@ -60,8 +69,36 @@ class Switchboard:
         # every digest is in exactly one slice.
         self._shift = qfile.DIGEST_BITS - (numslices.bit_length() - 1)
         os.makedirs(queue_directory, mode=0o770, exist_ok=True)
+        self._reported: set[str] = set()
+        self._owner_lock: int | None = None
         if recover:
-            self.recover_backup_files()
+            if self._take_ownership():
+                self.recover_backup_files()
+            else:
+                elog.info("%r: another process owns this slice; not recovering", self)
+
+    @property
+    def owner(self) -> bool:
+        """True if this switchboard holds its slice's lock and so recovers it."""
+        return self._owner_lock is not None
+
+    def _take_ownership(self) -> bool:
+        # The lock file sits beside the queue directory, not in it: the
+        # directory holds queue entries and nothing else.
+        parent, queue = os.path.split(os.path.normpath(self.queue_directory))
+        where = "" if self.slice is None else f"-{self.slice}-of-{self.numslices}"
+        path = os.path.join(parent, f".{queue}{where}.owner")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        # The lock lasts as long as the descriptor: until this switchboard is
+        # collected or its process ends, however it ends.
+        self._owner_lock = fd
+        weakref.finalize(self, os.close, fd)
+        return True
 
     def __repr__(self) -> str:
         where = "" if self.slice is None else f" slice {self.slice}/{self.numslices}"
@@ -168,6 +205,9 @@ class Switchboard:
                     continue
                 parsed = qfile.parse_filebase(base)
                 if parsed is None:
+                    if entry.name in self._reported:
+                        continue
+                    self._reported.add(entry.name)
                     elog.warning(
                         "Ignoring %s in the %s queue: not a queue file name",
                         entry.name,

@@ -1,20 +1,24 @@
 """What the narrative documents and the tests use besides the public API.
 
-:func:`dump_msgdata` prints metadata the way the documents show it, and
-:func:`isolated_state` gives a block of code a fresh, private var directory.
+:func:`dump_msgdata` prints metadata the way the documents show it,
+:func:`isolated_state` gives a block of code a fresh, private var directory,
+:class:`LogCapture` shows what was logged, and :func:`subscribe` adds a
+member to a list.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from mailqueue.config import Configuration, config
+from mailqueue.lists import MailingList
 
-__all__ = ["dump_msgdata", "isolated_state"]
+__all__ = ["LogCapture", "dump_msgdata", "isolated_state", "subscribe"]
 
 
 def dump_msgdata(msgdata: dict[str, Any], *skip: str) -> None:
@@ -46,3 +50,48 @@ def isolated_state(configuration: Configuration = config) -> Iterator[str]:
             for name in reversed(names[names.index(layer) :]):
                 # Popping the layer also closes the list database in it.
                 configuration.pop(name)
+
+
+class LogCapture(logging.Handler):
+    """Keep every line logged under ``mailqueue`` until it is shown.
+
+    Calling the capture with a logger's short name (``error``, ``runner``,
+    ``debug``) prints the lines logged there since the last call, one a
+    line, followed by the last line of the exception's traceback if any:
+    what an operator reading the log would look at first.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __call__(self, name: str) -> None:
+        logger = f"mailqueue.{name}"
+        shown = [record for record in self.records if record.name == logger]
+        self.records = [record for record in self.records if record.name != logger]
+        for record in shown:
+            print(record.getMessage())
+            if record.exc_info and record.exc_info[1] is not None:
+                error = record.exc_info[1]
+                print(f"  {type(error).__name__}: {error}")
+
+    @contextlib.contextmanager
+    def installed(self, level: int = logging.INFO) -> Iterator[LogCapture]:
+        """Capture lines at *level* and above while the block runs."""
+        logger = logging.getLogger("mailqueue")
+        saved = logger.level
+        logger.setLevel(level)
+        logger.addHandler(self)
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+            logger.setLevel(saved)
+
+
+def subscribe(mlist: MailingList, address: str, language: str | None = None) -> None:
+    """Subscribe *address* to *mlist*, preferring *language* if given."""
+    mlist.subscribe(address, language)
