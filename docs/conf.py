@@ -15,7 +15,7 @@ nitpicky = True
 # The build is offline, so there is no intersphinx inventory of the standard
 # library; references to its classes in signatures are left unresolved.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(collections|email|datetime|sqlite3|types|typing|logging)\..*")
+    (r"py:.*", r"(collections|email|datetime|sqlite3|types|typing|logging)(\..*)?")
 ]
 
 autodoc_member_order = "bysource"

@@ -240,7 +240,11 @@ def _parse(name: str, text: str) -> dict[str, dict[str, str]]:
 def _expand(value: str, substitutions: dict[str, str], where: str) -> str:
     try:
         return string.Template(value).substitute(substitutions)
-    except (KeyError, ValueError) as error:
+    except KeyError as error:
+        raise ValueError(
+            f"{where}: {value!r} uses ${error.args[0]}, which is not defined"
+        ) from None
+    except ValueError as error:
         raise ValueError(f"{where}: cannot expand {value!r} ({error})") from None
 
 
@@ -273,7 +277,9 @@ def _runner_config(
     start = _BOOLEANS.get(values["start"].strip().lower())
     if start is None:
         raise ValueError(f"{where} start must be yes or no, not {values['start']!r}")
-    path = _expand(values["path"].strip(), substitutions | {"name": name}, where)
+    path = _expand(
+        values["path"].strip(), substitutions | {"name": name}, f"{where} path"
+    )
     return RunnerConfig(
         name=name,
         class_path=values["class"].strip(),

@@ -166,11 +166,14 @@ def write_file(path: str, parts: tuple[bytes, ...]) -> None:
     temporary = path + ".tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
     try:
-        with open(fd, "wb", closefd=True) as stream:
+        try:
             for part in parts:
-                stream.write(part)
-            stream.flush()
-            os.fsync(stream.fileno())
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.rename(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

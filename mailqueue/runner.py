@@ -77,10 +77,12 @@ class Runner:
             while True:
                 filecnt = self._one_iteration()
                 self._do_periodic()
-                if self._stop:
-                    break
+                # Mark the sleep before the last look at the stop flag: a stop
+                # signal then either is seen here or interrupts the sleep.
                 self._sleeping = True
                 try:
+                    if self._stop:
+                        break
                     self._snooze(filecnt)
                 finally:
                     self._sleeping = False

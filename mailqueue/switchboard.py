@@ -21,6 +21,7 @@ __all__ = ["MAX_BAK_COUNT", "Switchboard"]
 #: ``bad`` queue, so that a message that kills its runner cannot loop forever.
 MAX_BAK_COUNT = 3
 
+dlog = logging.getLogger("mailqueue.debug")
 elog = logging.getLogger("mailqueue.error")
 
 
@@ -75,7 +76,7 @@ class Switchboard:
             if self._take_ownership():
                 self.recover_backup_files()
             else:
-                elog.info("%r: another process owns this slice; not recovering", self)
+                dlog.debug("%r: another process owns this slice; not recovering", self)
 
     @property
     def owner(self) -> bool:

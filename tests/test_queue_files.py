@@ -1,0 +1,185 @@
+"""Queue files: safe loading, refusing what cannot be read back, durable writes."""
+
+import email.message
+import errno
+import os
+import pickle
+import sys
+import types
+
+import pytest
+
+from mailqueue import (
+    Message,
+    QueueFileError,
+    Switchboard,
+    config,
+    message_from_string,
+    qfile,
+)
+
+TEXT = "From: aperson@example.com\nTo: test@example.com\nSubject: hi\n\nHello.\n"
+
+
+@pytest.fixture
+def queue(var_dir):
+    return Switchboard("test", os.path.join(config.QUEUE_DIR, "test"))
+
+
+def write_entry(queue, payload, filebase="1700000000.0+" + "a" * 40):
+    with open(os.path.join(queue.queue_directory, filebase + ".pck"), "wb") as entry:
+        entry.write(payload)
+    return filebase
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_every_pickle_protocol_is_read(queue, protocol):
+    msg = message_from_string(TEXT)
+    metadata = {"version": 3, "data": b"\x00\xff", "tags": {"a"}, "n": 1.5}
+    filebase = write_entry(
+        queue, pickle.dumps(msg, protocol) + pickle.dumps(metadata, protocol)
+    )
+    got, msgdata = queue.dequeue(filebase)
+    assert isinstance(got, Message)
+    assert got.as_string() == msg.as_string()
+    assert msgdata == metadata
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"", "not a queue entry"),
+        (b"garbage bytes, not a pickle", "not a queue entry"),
+        (pickle.dumps(message_from_string(TEXT))[:-20], "not a queue entry"),
+        (pickle.dumps(message_from_string(TEXT)), "not a queue entry"),  # no metadata
+        (pickle.dumps(os.system) + pickle.dumps({}), "refused to load posix.system"),
+        (pickle.dumps(message_from_string(TEXT)) + pickle.dumps([]), "not a dict"),
+        (pickle.dumps(42) + pickle.dumps({}), "not a message"),
+    ],
+    ids=["empty", "garbage", "truncated", "no-metadata", "code", "list", "number"],
+)
+def test_what_cannot_be_read_is_refused_and_stays_for_preserving(
+    queue, payload, reason
+):
+    filebase = write_entry(queue, payload)
+    with pytest.raises(QueueFileError, match=reason):
+        queue.dequeue(filebase)
+    assert queue.get_files(".bak") == [filebase]
+
+
+def test_the_metadata_pickle_cannot_run_code_either(queue, capsys):
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("this code ran",))
+
+    payload = pickle.dumps(message_from_string(TEXT)) + pickle.dumps({"x": Exploit()})
+    filebase = write_entry(queue, payload)
+    with pytest.raises(QueueFileError, match=r"builtins\.print"):
+        queue.dequeue(filebase)
+    assert "this code ran" not in capsys.readouterr().out
+
+
+def test_recovery_preserves_an_unreadable_backup_without_running_it(queue, capsys):
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("this code ran",))
+
+    filebase = "1700000000.0+" + "b" * 40
+    path = os.path.join(queue.queue_directory, filebase + ".bak")
+    with open(path, "wb") as entry:
+        entry.write(pickle.dumps(Exploit()) + pickle.dumps({}))
+    queue.recover_backup_files()
+    assert "this code ran" not in capsys.readouterr().out
+    assert config.switchboards["bad"].get_files(".psv") == [filebase]
+
+
+def test_gnu_mailman_messages_are_read_without_importing_mailman(queue):
+    # Pickle a message whose class claims to be Mailman's, as Mailman writes it.
+    module = types.ModuleType("mailman.email.message")
+    fake = type("Message", (email.message.Message,), {"__module__": module.__name__})
+    module.Message = fake
+    names = ["mailman", "mailman.email", "mailman.email.message"]
+    saved = {name: sys.modules.get(name) for name in names}
+    sys.modules.update(dict.fromkeys(names, module))
+    try:
+        msg = email.message_from_string(TEXT, _class=fake)
+        payload = pickle.dumps(msg, 4) + pickle.dumps({"version": 3}, 4)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = value
+    assert b"mailman.email.message" in payload
+    filebase = write_entry(queue, payload)
+    got, _ = queue.dequeue(filebase)
+    assert type(got) is Message
+    assert got.sender == "aperson@example.com"
+    assert "mailman" not in sys.modules
+
+
+def test_enqueue_refuses_what_could_not_be_read_back(queue):
+    modern = email.message.EmailMessage()
+    modern["From"] = "aperson@example.com"
+    modern.set_content("Hello.")
+    with pytest.raises(TypeError, match=r"load email\.message\.EmailMessage"):
+        queue.enqueue(modern)
+    with pytest.raises(TypeError, match="not a message"):
+        queue.enqueue("From: someone\n\nnot parsed\n")
+    with pytest.raises(TypeError, match="cannot queue this metadata"):
+        queue.enqueue(message_from_string(TEXT), handler=lambda: None)
+    assert os.listdir(queue.queue_directory) == []
+
+
+def test_enqueue_writes_fsyncs_renames_then_fsyncs_the_directory(queue, monkeypatch):
+    calls = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        kind = (
+            "directory" if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")) else "file"
+        )
+        calls.append(f"fsync {kind}")
+        real_fsync(fd)
+
+    def rename(source, target):
+        calls.append(
+            f"rename {os.path.splitext(source)[1]} to {os.path.splitext(target)[1]}"
+        )
+        real_rename(source, target)
+
+    monkeypatch.setattr(qfile.os, "fsync", fsync)
+    monkeypatch.setattr(qfile.os, "rename", rename)
+    queue.enqueue(message_from_string(TEXT))
+    assert calls == ["fsync file", "rename .tmp to .pck", "fsync directory"]
+
+
+@pytest.mark.parametrize(
+    "call, code",
+    [
+        ("open", errno.EACCES),  # a directory we may not write to
+        ("open", errno.EROFS),  # a read-only file system
+        ("write", errno.ENOSPC),  # a full disk
+        ("fsync", errno.EIO),
+        ("rename", errno.ENOSPC),
+    ],
+)
+def test_a_failed_enqueue_names_the_queue_and_leaves_nothing(
+    queue, monkeypatch, call, code
+):
+    real = getattr(os, call)
+
+    def fail_on_the_temporary_file(target, *args, **kws):
+        if call in ("open", "rename") and not str(target).endswith(".tmp"):
+            return real(target, *args, **kws)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(qfile.os, call, fail_on_the_temporary_file)
+    with pytest.raises(OSError) as caught:
+        queue.enqueue(message_from_string(TEXT))
+    monkeypatch.undo()
+    assert caught.value.errno == code
+    assert f"cannot enqueue into the 'test' queue at {queue.queue_directory}" in str(
+        caught.value
+    )
+    assert os.listdir(queue.queue_directory) == []

@@ -1,0 +1,153 @@
+"""Runner behaviour beyond the narrative: every stop signal, stray files, slices."""
+
+import os
+import signal
+import threading
+
+import pytest
+
+from mailqueue import Runner, config, create_list, message_from_string
+
+
+class Recorder(Runner):
+    def __init__(self, name, slice=None):
+        super().__init__(name, slice)
+        self.disposed = []
+
+    def _dispose(self, mlist, msg, msgdata):
+        self.disposed.append(msg["subject"])
+        return False
+
+    def _snooze(self, filecnt):
+        if not filecnt:
+            self.stop()
+
+
+@pytest.fixture
+def mlist(var_dir):
+    config.push(
+        "runner-tests", "[runner.test]\nsleep_time: 0\n[runner.sliced]\ninstances: 2\n"
+    )
+    return create_list("test@example.com")
+
+
+def post(queue, mlist, subject):
+    msg = message_from_string(f"From: aperson@example.com\nSubject: {subject}\n\nHi.\n")
+    return config.switchboards[queue].enqueue(msg, listid=mlist.list_id)
+
+
+@pytest.fixture
+def restore_signals():
+    signums = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+    saved = {signum: signal.getsignal(signum) for signum in signums}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_a_stop_signal_finishes_the_current_entry_then_stops(
+    mlist, restore_signals, signum
+):
+    class Signalled(Recorder):
+        def _dispose(self, mlist, msg, msgdata):
+            os.kill(os.getpid(), signum)
+            return super()._dispose(mlist, msg, msgdata)
+
+    for subject in ("one", "two"):
+        post("test", mlist, subject)
+    runner = Signalled("test")
+    runner.set_signals()
+    runner.run()
+    assert runner.disposed == ["one"]
+    assert runner.status == signum
+    queue = config.switchboards["test"]
+    assert len(queue.files) == 1
+    assert queue.get_files(".bak") == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_a_stop_signal_wakes_a_sleeping_runner(mlist, restore_signals, signum):
+    config.push("sleepy", "[runner.sleepy]\nsleep_time: 1m\n")
+    runner = Runner("sleepy")
+    runner.set_signals()
+    threading.Timer(0.1, os.kill, (os.getpid(), signum)).start()
+    runner.run()  # would take a minute per pass without the signal
+    assert runner.status == signum
+
+
+def test_sighup_does_not_stop_a_runner(mlist, restore_signals):
+    class HangUp(Recorder):
+        def _dispose(self, mlist, msg, msgdata):
+            os.kill(os.getpid(), signal.SIGHUP)
+            return super()._dispose(mlist, msg, msgdata)
+
+    for subject in ("one", "two"):
+        post("test", mlist, subject)
+    runner = HangUp("test")
+    runner.set_signals()
+    runner.run()
+    assert runner.disposed == ["one", "two"]
+    assert runner.status == 0
+
+
+def test_stray_files_do_not_stop_a_running_runner(mlist):
+    queue = config.switchboards["test"]
+    for name in (
+        "garbage.pck",
+        "x+y.pck",
+        "1.0+nothex.pck",
+        "1.0+" + "a" * 39 + ".pck",
+    ):
+        open(os.path.join(queue.queue_directory, name), "w").close()
+    post("test", mlist, "real")
+    runner = Recorder("test")
+    runner.run()
+    assert runner.disposed == ["real"]
+    assert len(os.listdir(queue.queue_directory)) == 4
+
+
+def test_a_sliced_runner_processes_only_its_slice(mlist):
+    for number in range(40):
+        post("sliced", mlist, str(number))
+    queue = config.switchboards["sliced"]
+    halves = [Recorder("sliced", number) for number in (0, 1)]
+    halves[0].run()
+    mine = set(halves[0].disposed)
+    assert 0 < len(mine) < 40  # 40 random digests all in one half: 2 in 10**12
+    assert len(queue.files) == 40 - len(mine)
+    halves[1].run()
+    assert mine | set(halves[1].disposed) == {str(n) for n in range(40)}
+    assert not mine & set(halves[1].disposed)
+
+
+def test_a_sliced_runner_needs_its_slice(mlist):
+    with pytest.raises(
+        ValueError, match="slice must be an integer from 0 to 1, not None"
+    ):
+        Runner("sliced")
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ("instances: 3", "instances must be a power of two, not 3"),
+        ("instances: two", "instances must be a whole number of at least 1, not 'two'"),
+        ("max_restarts: -1", "max_restarts must be a whole number of at least 0"),
+        ("sleep_time: soon", "sleep_time must be a duration such as 1s"),
+        ("start: maybe", "start must be yes or no, not 'maybe'"),
+        ("path: $NOWHERE/x", "path: '$NOWHERE/x' uses $NOWHERE, which is not defined"),
+    ],
+)
+def test_bad_runner_settings_are_refused_with_the_key_named(var_dir, section, message):
+    before = config.layers
+    with pytest.raises(
+        ValueError, match=r"\[runner.bad-settings\] .*" + message.replace("$", r"\$")
+    ):
+        config.push("bad", f"[runner.bad-settings]\n{section}\n")
+    assert config.layers == before
+
+
+def test_an_unknown_runner_is_a_clear_error(var_dir):
+    with pytest.raises(ValueError, match=r"no \[runner.nosuch\] section"):
+        Runner("nosuch")
