@@ -6,12 +6,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help test docs lint clean
+.PHONY: help test docs lint bench clean
 
 help:
 	@echo "make test   run the spec (docs/*.rst) and the tests"
 	@echo "make docs   build the HTML documentation into build/html"
 	@echo "make lint   check the code with ruff"
+	@echo "make bench  print what the queue costs on this machine"
 	@echo "make clean  remove build output and the virtual environment"
 
 $(STAMP): pyproject.toml
@@ -30,6 +31,9 @@ docs: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check mailqueue tests docs conftest.py
 	$(BIN)/ruff format --check mailqueue tests docs conftest.py
+
+bench: $(STAMP)
+	$(BIN)/python tests/bench/bench_queue.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache .hypothesis
