@@ -1,8 +1,8 @@
 """Run the narrative documents in docs/ as tests, with Sybil.
 
-Each document gets its own fresh state (a temporary var directory, so new
-queues and a new list database) through module-scoped fixtures, and these
-fixtures are the names a document may use without importing them:
+Every document gets fresh state (for the reference implementation, a new
+temporary var directory: new queues, a new list database) and these
+fixtures, the only names a document may use without importing them:
 
 ``config``
     the global configuration, :data:`mailqueue.config`;
@@ -17,64 +17,26 @@ fixtures are the names a document may use without importing them:
 ``show_log``
     ``show_log(name)`` prints what was logged to ``mailqueue.<name>``
     (``error``, ``runner``) since it was last called.
+
+``pytest --implementation=NAME`` runs the same documents against another
+implementation, whose adapter gives these fixtures (see docs/conformance.rst).
 """
 
 from doctest import ELLIPSIS, NORMALIZE_WHITESPACE, REPORT_NDIFF
 
-import pytest
 from sybil import Sybil
 from sybil.parsers.rest import DocTestParser, PythonCodeBlockParser
 
-import mailqueue
-from mailqueue.testing import LogCapture, isolated_state
-from mailqueue.testing import dump_msgdata as _dump_msgdata
-from mailqueue.testing import subscribe as _subscribe
+from mailqueue.conformance.adapter import FIXTURES
 
-DOC_FIXTURES = [
-    "config",
-    "create_list",
-    "dump_msgdata",
-    "message_from_string",
-    "subscribe",
-    "show_log",
-]
+pytest_plugins = ["mailqueue.conformance.plugin"]
 
 
-@pytest.fixture(scope="module")
-def _document_state():
-    with isolated_state() as var_dir:
-        yield var_dir
+def document_setup(namespace):
+    # Imported here: pytest must import the plugin itself, to rewrite its asserts.
+    from mailqueue.conformance.plugin import document_setup
 
-
-@pytest.fixture(scope="module")
-def config(_document_state):
-    return mailqueue.config
-
-
-@pytest.fixture(scope="module")
-def create_list(_document_state):
-    return mailqueue.create_list
-
-
-@pytest.fixture(scope="module")
-def dump_msgdata(_document_state):
-    return _dump_msgdata
-
-
-@pytest.fixture(scope="module")
-def message_from_string(_document_state):
-    return mailqueue.message_from_string
-
-
-@pytest.fixture(scope="module")
-def subscribe(_document_state):
-    return _subscribe
-
-
-@pytest.fixture(scope="module")
-def show_log(_document_state):
-    with LogCapture().installed() as capture:
-        yield capture
+    document_setup(namespace)
 
 
 pytest_collect_file = Sybil(
@@ -84,5 +46,6 @@ pytest_collect_file = Sybil(
     ],
     patterns=["*.rst"],
     path="docs",
-    fixtures=DOC_FIXTURES,
+    setup=document_setup,
+    fixtures=list(FIXTURES),
 ).pytest()

@@ -1,12 +1,18 @@
 """Sphinx configuration for the mailqueue documentation."""
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent / "_ext"))
+
 project = "mailqueue"
 author = "The mailqueue developers"
 copyright = "2026, the mailqueue developers"
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode", "levels"]
 
 html_theme = "furo"
+html_static_path = ["_static"]
 html_title = "mailqueue"
 exclude_patterns = ["_build"]
 

@@ -10,6 +10,8 @@ from mailqueue.qfile import QueueFileError
 from mailqueue.runner import Runner, RunnerInterrupt
 from mailqueue.switchboard import Switchboard
 
+__version__ = "0.1.0"
+
 __all__ = [
     "Configuration",
     "ListExistsError",

@@ -52,8 +52,12 @@ def isolated_state(configuration: Configuration = config) -> Iterator[str]:
                 configuration.pop(name)
 
 
+#: The loggers a document can look at, below the implementation's root logger.
+LOGGERS = ("error", "runner", "debug")
+
+
 class LogCapture(logging.Handler):
-    """Keep every line logged under ``mailqueue`` until it is shown.
+    """Keep every line logged under *root* (``mailqueue``) until it is shown.
 
     Calling the capture with a logger's short name (``error``, ``runner``,
     ``debug``) prints the lines logged there since the last call, one a
@@ -61,15 +65,16 @@ class LogCapture(logging.Handler):
     what an operator reading the log would look at first.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: str = "mailqueue") -> None:
         super().__init__(logging.DEBUG)
+        self.root = root
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
     def __call__(self, name: str) -> None:
-        logger = f"mailqueue.{name}"
+        logger = f"{self.root}.{name}"
         shown = [record for record in self.records if record.name == logger]
         self.records = [record for record in self.records if record.name != logger]
         for record in shown:
@@ -80,16 +85,22 @@ class LogCapture(logging.Handler):
 
     @contextlib.contextmanager
     def installed(self, level: int = logging.INFO) -> Iterator[LogCapture]:
-        """Capture lines at *level* and above while the block runs."""
-        logger = logging.getLogger("mailqueue")
-        saved = logger.level
-        logger.setLevel(level)
-        logger.addHandler(self)
+        """Capture lines at *level* and above while the block runs.
+
+        The capture sits on each of the ``error``, ``runner`` and ``debug``
+        loggers, so it sees their lines even where they do not propagate.
+        """
+        loggers = [logging.getLogger(f"{self.root}.{name}") for name in LOGGERS]
+        saved = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(level)
+            logger.addHandler(self)
         try:
             yield self
         finally:
-            logger.removeHandler(self)
-            logger.setLevel(saved)
+            for logger, old_level in zip(loggers, saved, strict=True):
+                logger.removeHandler(self)
+                logger.setLevel(old_level)
 
 
 def subscribe(mlist: MailingList, address: str, language: str | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Checking an implementation against the spec documents."""

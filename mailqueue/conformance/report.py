@@ -1,0 +1,217 @@
+"""The conformance report: what an implementation did with each example.
+
+The report counts, per document and section, the examples that passed,
+failed (ran, and showed other output) and errored (could not run), by
+requirement level.  It shows each failure with its example, what the spec
+expects and what the implementation gave, and whether the adapter lists it
+as a known divergence.  It writes ``report.json`` (and pytest writes
+``junit.xml``) under ``build/conformance/<implementation>/``, and ends with
+the line ``N passed, N failed``.
+
+The run succeeds when every failure is a known divergence and every known
+divergence still fails: a list of known failures that has gone stale is
+itself a failure, so the list stays true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mailqueue.conformance.adapter import Adapter
+from mailqueue.conformance.spec import SpecDocument
+
+__all__ = ["ConformanceReport", "ExampleResult"]
+
+
+@dataclass
+class ExampleResult:
+    """One example's place in the spec and what became of it."""
+
+    document: str
+    line: int
+    section: str
+    level: str
+    source: str
+    expected: str
+    outcome: str = "not run"
+    actual: str = ""
+    known: str | None = None
+
+
+@dataclass
+class _Tally:
+    counts: Counter = field(default_factory=Counter)
+
+    def line(self) -> str:
+        return ", ".join(
+            f"{self.counts[key]} {key}"
+            for key in ("passed", "failed", "errored", "skipped")
+            if self.counts[key] or key in ("passed", "failed")
+        )
+
+
+class ConformanceReport:
+    """A pytest plugin that reports conformance to the spec documents."""
+
+    def __init__(self, adapter: Adapter, config: pytest.Config) -> None:
+        self.adapter = adapter
+        self.directory = Path(config.rootpath, "build", "conformance", adapter.name)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not config.option.xmlpath:
+            config.option.xmlpath = str(self.directory / "junit.xml")
+        self.results: dict[str, ExampleResult] = {}
+        self.stale: list[str] = []
+
+    # Collecting what ran ---------------------------------------------
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        documents: dict[str, SpecDocument] = {}
+        for item in items:
+            example = getattr(item, "example", None)
+            if example is None:
+                continue
+            path = example.path
+            if path not in documents:
+                documents[path] = SpecDocument(path)
+            place = documents[path].place(example.line)
+            parsed = example.region.parsed
+            source = getattr(parsed, "source", None)
+            if source is None:
+                source = example.document.text[
+                    example.region.start : example.region.end
+                ]
+            self.results[item.nodeid] = ExampleResult(
+                document=os.path.basename(path),
+                line=example.line,
+                section=place.section,
+                level=place.level,
+                source=source.rstrip("\n"),
+                expected=getattr(parsed, "want", "").rstrip("\n"),
+                known=self.adapter.known_divergences.get(
+                    (os.path.basename(path), place.section, place.level)
+                ),
+            )
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        result = self.results.get(report.nodeid)
+        if result is None:
+            return
+        if report.when == "call":
+            result.outcome = report.outcome
+            if report.failed:
+                result.actual = _actual_output(report)
+        elif report.failed:
+            result.outcome = "errored"
+            result.actual = report.longreprtext
+        elif report.skipped:
+            result.outcome = "skipped"
+
+    # Judging and reporting --------------------------------------------
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        results = list(self.results.values())
+        failing = {(r.document, r.section, r.level) for r in results if _bad(r)}
+        self.stale = [
+            " / ".join(key)
+            for key in self.adapter.known_divergences
+            if key not in failing
+        ]
+        unexpected = [r for r in results if _bad(r) and r.known is None]
+        if results and not unexpected and not self.stale:
+            session.exitstatus = pytest.ExitCode.OK
+        elif results:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        report = {
+            "implementation": self.adapter.name,
+            "description": self.adapter.description,
+            "totals": dict(self._tally(results).counts),
+            "by_level": {
+                level: dict(
+                    self._tally([r for r in results if r.level == level]).counts
+                )
+                for level in sorted({r.level for r in results})
+            },
+            "known_divergences": [
+                {"document": d, "section": s, "level": level, "reason": reason}
+                for (d, s, level), reason in self.adapter.known_divergences.items()
+            ],
+            "stale_divergences": self.stale,
+            "examples": [asdict(r) for r in results],
+        }
+        (self.directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        # Printed last, after pytest's own summary, so that the report's
+        # closing line is the last line of the run.
+        print(self.render(), flush=True)
+
+    def render(self) -> str:
+        """The report as text."""
+        results = list(self.results.values())
+        lines = ["", f"Conformance of {self.adapter.name}: {self.adapter.description}"]
+        by_document: dict[str, list[ExampleResult]] = {}
+        for result in results:
+            by_document.setdefault(result.document, []).append(result)
+        for document, examples in by_document.items():
+            lines += ["", document]
+            sections: dict[tuple[str, str], list[ExampleResult]] = {}
+            for result in examples:
+                sections.setdefault((result.section, result.level), []).append(result)
+            for (section, level), group in sections.items():
+                known = " (known divergence)" if group[0].known else ""
+                tally = self._tally(group).line()
+                lines.append(f"  {level:<6}  {section:<40} {tally}{known}")
+        failures = [r for r in results if _bad(r)]
+        if failures:
+            lines += ["", "Failures"]
+            for result in failures:
+                lines.append(
+                    f"\n{result.document}:{result.line} [{result.level}] "
+                    f"{result.section}: {result.outcome}"
+                    + (f"; known divergence: {result.known}" if result.known else "")
+                )
+                lines += _indent("example", result.source)
+                lines += _indent("expected", result.expected)
+                lines += _indent("actual", result.actual)
+        if self.stale:
+            lines += ["", "Known divergences that no longer fail (remove them):"]
+            lines += [f"  {entry}" for entry in self.stale]
+        lines += [
+            "",
+            "By level: "
+            + "; ".join(
+                f"{level} {self._tally([r for r in results if r.level == level]).line()}"
+                for level in sorted({r.level for r in results})
+            ),
+        ]
+        totals = self._tally(results).counts
+        lines.append(
+            f"{totals['passed']} passed, {totals['failed'] + totals['errored']} failed"
+        )
+        return "\n".join(lines)
+
+    @staticmethod
+    def _tally(results: list[ExampleResult]) -> _Tally:
+        return _Tally(Counter(result.outcome for result in results))
+
+
+def _bad(result: ExampleResult) -> bool:
+    return result.outcome in ("failed", "errored")
+
+
+def _actual_output(report: pytest.TestReport) -> str:
+    """What the implementation gave, from Sybil's failure text."""
+    text = report.longreprtext
+    marker = "did not evaluate as expected:\n"
+    return text.split(marker, 1)[1].strip() if marker in text else text.strip()
+
+
+def _indent(title: str, text: str) -> list[str]:
+    body = text.splitlines() or ["(nothing)"]
+    return [f"  {title}:"] + [f"    {line}" for line in body]

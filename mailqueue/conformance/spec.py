@@ -1,0 +1,72 @@
+"""The structure of a spec document: its sections and requirement levels.
+
+A document marks its requirement levels with ``.. level:: MUST`` (or
+``SHOULD``) lines.  A marker applies to every example after it, up to the
+next marker, whatever the sections.  Sections are reST titles: a line of
+text underlined with a line of one repeated punctuation character.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["LEVELS", "Place", "SpecDocument"]
+
+#: The requirement levels, in the meaning of RFC 2119.
+LEVELS = ("MUST", "SHOULD")
+
+_MARKER = re.compile(r"^\.\. level:: *(\S+) *$")
+_UNDERLINE = re.compile(r"^([=\-~^\"'`#*+])\1+ *$")
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where an example stands: its section's title and its requirement level."""
+
+    section: str
+    level: str
+
+
+class SpecDocument:
+    """The sections and level markers of one document, by line number."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        self._titles: list[tuple[int, str]] = []
+        self._markers: list[tuple[int, str]] = []
+        for index, line in enumerate(lines):
+            number = index + 1
+            marker = _MARKER.match(line)
+            if marker:
+                level = marker[1]
+                if level not in LEVELS:
+                    raise ValueError(
+                        f"{self.path}:{number}: unknown requirement level {level!r};"
+                        f" use one of {', '.join(LEVELS)}"
+                    )
+                self._markers.append((number, level))
+            following = lines[index + 1] if index + 1 < len(lines) else ""
+            text = line.strip()
+            if (
+                text
+                and not _UNDERLINE.match(line)
+                and _UNDERLINE.match(following)
+                and len(following.rstrip()) >= len(text)
+            ):
+                self._titles.append((number, text))
+
+    def place(self, line: int) -> Place:
+        """The section and level of an example that starts on *line*."""
+        return Place(
+            self._last_before(self._titles, line, "(untitled)"),
+            self._last_before(self._markers, line, "unmarked"),
+        )
+
+    @staticmethod
+    def _last_before(entries: list[tuple[int, str]], line: int, default: str) -> str:
+        position = bisect_right([number for number, _ in entries], line)
+        return entries[position - 1][1] if position else default
