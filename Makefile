@@ -1,30 +1,50 @@
-# Every target sets up .venv (with the project and its test and docs extras)
-# when it is missing or older than pyproject.toml.
+# Every target sets up .venv (with the project and its test, docs and mailman
+# extras) when it is missing or older than pyproject.toml.
 
 PYTHON ?= python3
+IMPL   ?= mailqueue
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help test docs lint bench clean
+.PHONY: help test docs lint bench conformance conformance-results interop clean
 
 help:
 	@echo "make test   run the spec (docs/*.rst) and the tests"
 	@echo "make docs   build the HTML documentation into build/html"
 	@echo "make lint   check the code with ruff"
 	@echo "make bench  print what the queue costs on this machine"
+	@echo "make conformance IMPL=NAME  run the spec against an implementation"
+	@echo "                 (mailqueue, mailman, or package.module:adapter)"
+	@echo "make interop     exchange queue files between mailqueue and GNU Mailman"
 	@echo "make clean  remove build output and the virtual environment"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs,mailman]'
 	touch $@
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-docs: $(STAMP)
+# GNU Mailman's DeprecationWarnings are its own business, not the spec's.
+CONFORMANCE = $(BIN)/python -m pytest docs -q --tb=no -p no:cacheprovider \
+	-W ignore::DeprecationWarning --implementation
+
+conformance: $(STAMP)
+	$(CONFORMANCE)=$(IMPL)
+
+# The results the published docs show, from a real run of each shipped adapter.
+# A non-conformant implementation still gets its table, so failures don't stop here.
+conformance-results: $(STAMP)
+	-$(CONFORMANCE)=mailqueue > /dev/null
+	-$(CONFORMANCE)=mailman > /dev/null
+
+interop: $(STAMP)
+	$(BIN)/python -m pytest tests/interop -W ignore::DeprecationWarning
+
+docs: $(STAMP) conformance-results
 	$(BIN)/python -m sphinx -W -n --keep-going -q -b html docs build/html
 	@echo "The documentation is in $(CURDIR)/build/html/index.html"
 

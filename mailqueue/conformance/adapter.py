@@ -65,7 +65,7 @@ class Adapter:
 
     @contextlib.contextmanager
     def document_state(self) -> Iterator[Mapping[str, Any]]:
-        """Give one document fresh state; yield its fixtures, by name (:data:`FIXTURES`).
+        """Give one document fresh state; yield its fixtures (:data:`FIXTURES`) by name.
 
         Everything the document changed is undone when the block ends.
         """

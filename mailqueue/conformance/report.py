@@ -182,14 +182,12 @@ class ConformanceReport:
         if self.stale:
             lines += ["", "Known divergences that no longer fail (remove them):"]
             lines += [f"  {entry}" for entry in self.stale]
-        lines += [
-            "",
-            "By level: "
-            + "; ".join(
-                f"{level} {self._tally([r for r in results if r.level == level]).line()}"
-                for level in sorted({r.level for r in results})
-            ),
-        ]
+        levels = sorted({r.level for r in results})
+        tallies = [self._tally([r for r in results if r.level == lv]) for lv in levels]
+        by_level = "; ".join(
+            f"{lv} {t.line()}" for lv, t in zip(levels, tallies, strict=True)
+        )
+        lines += ["", f"By level: {by_level}"]
         totals = self._tally(results).counts
         lines.append(
             f"{totals['passed']} passed, {totals['failed'] + totals['errored']} failed"
@@ -209,7 +207,9 @@ def _actual_output(report: pytest.TestReport) -> str:
     """What the implementation gave, from Sybil's failure text."""
     text = report.longreprtext
     marker = "did not evaluate as expected:\n"
-    return text.split(marker, 1)[1].strip() if marker in text else text.strip()
+    text = text.split(marker, 1)[1] if marker in text else text
+    lines = [line for line in text.splitlines() if not line.endswith(": SybilFailure")]
+    return "\n".join(lines).strip()
 
 
 def _indent(title: str, text: str) -> list[str]:

@@ -1,0 +1,134 @@
+"""The conformance run: it reports what an implementation does, and judges it."""
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mailqueue.conformance.adapter import AdapterError, load_adapter
+from mailqueue.conformance.spec import SpecDocument
+
+ROOT = Path(__file__).resolve().parent.parent
+
+NOT_FIFO = textwrap.dedent(
+    """
+    from mailqueue import Switchboard
+    from mailqueue.conformance.reference import ReferenceAdapter
+
+    class NotFifo(Switchboard):
+        # Newest first: a deliberately broken switchboard.
+        def get_files(self, extension=".pck"):
+            return super().get_files(extension)[::-1]
+
+    class NotFifoAdapter(ReferenceAdapter):
+        name = "not-fifo"
+        description = "a switchboard whose files are not first in, first out"
+        known_divergences = KNOWN
+
+        def namespace(self):
+            return {**super().namespace(), "Switchboard": NotFifo}
+
+    adapter = NotFifoAdapter()
+    """
+)
+
+
+def conformance_run(tmp_path, implementation, known="{}"):
+    (tmp_path / "third_party_adapter.py").write_text(NOT_FIFO.replace("KNOWN", known))
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "docs" / "switchboard.rst"),
+            "-q",
+            "--tb=no",
+            "-p",
+            "no:cacheprovider",
+            f"--implementation={implementation}",
+        ],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_a_broken_implementation_is_reported_non_conformant(tmp_path):
+    result = conformance_run(tmp_path, "third_party_adapter")
+    assert result.returncode == 1, result.stdout
+    report = result.stdout
+    assert "Conformance of not-fifo" in report
+    # The FIFO example is named, with what was expected and what came instead.
+    assert "[MUST] Queue order: failed" in report
+    assert "switchboard.files == [first, second, third]" in report
+    closing = report.strip().splitlines()[-1]
+    passed, failed = (int(part.split()[0]) for part in closing.split(", "))
+    assert closing == f"{passed} passed, {failed} failed" and failed > 0
+
+
+FAILURE_LINE = re.compile(r"^switchboard\.rst:\d+ \[(\w+)\] (.+?): (failed|errored)")
+
+
+def failing_sections(report):
+    """The (section, level) of every failure line: 'doc.rst:12 [MUST] Title: failed'."""
+    matches = (FAILURE_LINE.match(line) for line in report.splitlines())
+    return {(match[2], match[1]) for match in matches if match}
+
+
+def test_known_divergences_are_reported_and_accepted(tmp_path):
+    failing = failing_sections(conformance_run(tmp_path, "third_party_adapter").stdout)
+    assert ("Queue order", "MUST") in failing
+    known = repr(
+        {
+            ("switchboard.rst", section, level): "lists newest first"
+            for section, level in failing
+        }
+    )
+    result = conformance_run(tmp_path, "third_party_adapter", known)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "known divergence: lists newest first" in result.stdout
+    assert failing_sections(result.stdout) == failing
+
+
+def test_a_known_divergence_that_no_longer_fails_is_itself_a_failure(tmp_path):
+    known = '{("switchboard.rst", "Clean up", "MUST"): "pretend it fails"}'
+    result = conformance_run(tmp_path, "third_party_adapter", known)
+    assert result.returncode == 1
+    assert "Known divergences that no longer fail (remove them):" in result.stdout
+    assert "switchboard.rst / Clean up / MUST" in result.stdout
+
+
+def test_an_unknown_adapter_is_a_usage_error(tmp_path):
+    result = conformance_run(tmp_path, "no_such_module")
+    assert result.returncode == 4
+    assert "cannot load the adapter 'no_such_module'" in result.stderr
+
+
+def test_adapters_load_by_name_and_by_path():
+    assert load_adapter("mailqueue").name == "mailqueue"
+    assert load_adapter("mailqueue.conformance.reference:ReferenceAdapter").name == (
+        "mailqueue"
+    )
+    with pytest.raises(AdapterError, match="has no 'nothing'"):
+        load_adapter("mailqueue.conformance.reference:nothing")
+    with pytest.raises(AdapterError, match="is not a mailqueue Adapter"):
+        load_adapter("mailqueue:config")
+
+
+@pytest.mark.parametrize(
+    "document", sorted((ROOT / "docs").glob("*.rst")), ids=lambda path: path.name
+)
+def test_every_example_has_a_requirement_level(document):
+    spec = SpecDocument(document)
+    lines = document.read_text().splitlines()
+    unmarked = [
+        number
+        for number, line in enumerate(lines, start=1)
+        if line.lstrip().startswith(">>>") and spec.place(number).level == "unmarked"
+    ]
+    assert unmarked == []
