@@ -9,7 +9,12 @@ project = "mailqueue"
 author = "The mailqueue developers"
 copyright = "2026, the mailqueue developers"
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode", "levels"]
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.viewcode",
+    "levels",
+    "conformance_results",
+]
 
 html_theme = "furo"
 html_static_path = ["_static"]
@@ -21,7 +26,7 @@ nitpicky = True
 # The build is offline, so there is no intersphinx inventory of the standard
 # library; references to its classes in signatures are left unresolved.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(collections|email|datetime|sqlite3|types|typing|logging)(\..*)?")
+    (r"py:.*", r"(collections|email|datetime|sqlite3|types|typing|logging|pathlib|_pytest|pytest)(\..*)?")
 ]
 
 autodoc_member_order = "bysource"

@@ -65,8 +65,9 @@ class Adapter:
 
     @contextlib.contextmanager
     def document_state(self) -> Iterator[Mapping[str, Any]]:
-        """Give one document fresh state; yield its fixtures (:data:`FIXTURES`) by name.
+        """Give one document fresh state, and yield its fixtures by name.
 
+        The names are those of :data:`~mailqueue.conformance.adapter.FIXTURES`.
         Everything the document changed is undone when the block ends.
         """
         raise NotImplementedError

@@ -1,0 +1,61 @@
+"""The ``conformance-results`` directive: the latest conformance runs, as tables.
+
+It reads ``build/conformance/<implementation>/report.json``, which ``make
+docs`` writes first by running the spec against every shipped adapter, so
+the published results always come from a real run.
+"""
+
+import json
+from pathlib import Path
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.util.docutils import SphinxDirective
+
+
+class ConformanceResults(SphinxDirective):
+    required_arguments = 1  # the implementations, comma-separated
+
+    def run(self):
+        root = Path(self.env.srcdir).parent / "build" / "conformance"
+        lines = []
+        for name in self.arguments[0].split(","):
+            path = root / name / "report.json"
+            if not path.exists():
+                raise self.error(f"no conformance report at {path}: run make docs")
+            self.env.note_dependency(str(path))
+            lines += _render(json.loads(path.read_text()))
+        container = nodes.container(classes=["conformance-results"])
+        self.state.nested_parse(StringList(lines), self.content_offset, container)
+        return [container]
+
+
+def _render(report):
+    lines = [f"**{report['implementation']}**: {report['description']}", ""]
+    lines += [".. list-table::", "   :header-rows: 1", ""]
+    lines += ["   * - level", "     - passed", "     - failed", "     - errored"]
+    for level, counts in report["by_level"].items():
+        lines += [f"   * - {level}"] + [
+            f"     - {counts.get(key, 0)}" for key in ("passed", "failed", "errored")
+        ]
+    lines.append("")
+    failing = {}
+    for example in report["examples"]:
+        if example["outcome"] in ("failed", "errored"):
+            key = (example["document"], example["section"], example["level"])
+            failing.setdefault(key, []).append(example)
+    if not failing:
+        lines += ["Every example passes.", ""]
+    for (document, section, level), examples in sorted(failing.items()):
+        where = ", ".join(f"line {example['line']}" for example in examples)
+        reason = examples[0]["known"] or "not a known divergence"
+        lines.append(f"- :doc:`{document[:-4]}` / *{section}* ({level}, {where}): {reason}")
+    if report["stale_divergences"]:
+        lines.append("- listed as known, but no longer failing: "
+                     + "; ".join(report["stale_divergences"]))
+    return [*lines, ""]
+
+
+def setup(app):
+    app.add_directive("conformance-results", ConformanceResults)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
