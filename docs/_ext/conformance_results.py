@@ -49,10 +49,13 @@ def _render(report):
     for (document, section, level), examples in sorted(failing.items()):
         where = ", ".join(f"line {example['line']}" for example in examples)
         reason = examples[0]["known"] or "not a known divergence"
-        lines.append(f"- :doc:`{document[:-4]}` / *{section}* ({level}, {where}): {reason}")
+        page = document.removesuffix(".rst")
+        lines.append(f"- :doc:`{page}` / *{section}* ({level}, {where}): {reason}")
     if report["stale_divergences"]:
-        lines.append("- listed as known, but no longer failing: "
-                     + "; ".join(report["stale_divergences"]))
+        lines.append(
+            "- listed as known, but no longer failing: "
+            + "; ".join(report["stale_divergences"])
+        )
     return [*lines, ""]
 
 
