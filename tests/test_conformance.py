@@ -120,6 +120,25 @@ def test_adapters_load_by_name_and_by_path():
         load_adapter("mailqueue:config")
 
 
+def test_a_third_party_adapter_is_found_by_its_entry_point(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from mailqueue.conformance import adapter
+
+    advertised = EntryPoint(
+        "theirs",
+        "mailqueue.conformance.reference:ReferenceAdapter",
+        "mailqueue.adapters",
+    )
+
+    def entry_points(group, name):
+        assert group == "mailqueue.adapters"
+        return [advertised] if name == "theirs" else []
+
+    monkeypatch.setattr(adapter, "entry_points", entry_points)
+    assert load_adapter("theirs").name == "mailqueue"
+
+
 @pytest.mark.parametrize(
     "document", sorted((ROOT / "docs").glob("*.rst")), ids=lambda path: path.name
 )
