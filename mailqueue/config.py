@@ -53,9 +53,13 @@ data_dir: $VAR_DIR/data
 log_dir: $VAR_DIR/logs
 
 [runner.in]
+class: mailqueue.runners.IncomingRunner
 [runner.out]
+class: mailqueue.runners.OutgoingRunner
 [runner.virgin]
+class: mailqueue.runners.VirginRunner
 [runner.retry]
+class: mailqueue.runners.RetryRunner
 sleep_time: 15m
 
 # These two only hold messages for a person to look at; nothing runs them.

@@ -9,8 +9,12 @@ library adds no handlers; the program that runs it decides where lines go.
 from __future__ import annotations
 
 import logging
+import os
 
-__all__ = ["reopen_logs"]
+__all__ = ["LOG_FILES", "configure_logging", "reopen_logs"]
+
+#: The log file of each logger, in the log directory.
+LOG_FILES = {"mailqueue.error": "error.log", "mailqueue.runner": "runner.log"}
 
 logging.getLogger("mailqueue").addHandler(logging.NullHandler())
 
@@ -30,3 +34,27 @@ def reopen_logs() -> None:
         for handler in logger.handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.close()
+
+
+def configure_logging(log_dir: str, debug: bool = False) -> None:
+    """Send each logger's lines to its file in *log_dir* (made if missing).
+
+    ``mailqueue.error`` goes to ``error.log`` and ``mailqueue.runner`` to
+    ``runner.log``; with *debug*, ``mailqueue.debug`` goes to ``debug.log``.
+    Each line names its time and process.
+    """
+    os.makedirs(log_dir, mode=0o770, exist_ok=True)
+    files = dict(LOG_FILES)
+    if debug:
+        files["mailqueue.debug"] = "debug.log"
+    formatter = logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s")
+    for name, filename in files.items():
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+                handler.close()
+        handler = logging.FileHandler(os.path.join(log_dir, filename), delay=True)
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if name == "mailqueue.debug" else logging.INFO)

@@ -139,8 +139,8 @@ def load_entry(path: str) -> tuple[Any, dict[str, Any], bytes]:
         # Truncated, garbage or otherwise malformed pickles raise any of a
         # dozen exception types; all of them mean the same thing here.
         raise QueueFileError(
-            f"{os.path.basename(path)}: not a queue entry ({type(error).__name__}: "
-            f"{error})"
+            f"{os.path.basename(path)}: not a queue entry (a damaged pickle: "
+            f"{type(error).__name__})"
         ) from None
     if not isinstance(metadata, dict):
         raise QueueFileError(

@@ -52,6 +52,9 @@ class Adapter:
     #: ``(document file name, section title, level)`` to the reason.  The
     #: examples there still run; their failures are reported as known.
     known_divergences: Mapping[tuple[str, str, str], str] = {}
+    #: Whether the documents about the reference implementation's own tools
+    #: (those with no requirement levels) run too: only for the reference.
+    runs_reference_documents = False
 
     def start(self) -> None:
         """Start the implementation, once, before the first document runs."""

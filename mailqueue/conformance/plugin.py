@@ -50,6 +50,27 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(report, "mailqueue-conformance-report")
 
 
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    # Another implementation runs the spec, not the pages about our tools.
+    assert _adapter is not None
+    if _adapter.runs_reference_documents:
+        return
+    from mailqueue.conformance.spec import SpecDocument
+
+    is_spec: dict[str, bool] = {}
+    kept, dropped = [], []
+    for item in items:
+        path = getattr(getattr(item, "example", None), "path", None)
+        if path is not None and path not in is_spec:
+            is_spec[path] = SpecDocument(path).is_spec
+        (kept if path is None or is_spec[path] else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture(scope="module")
 def _document_fixtures() -> Any:
     assert _adapter is not None

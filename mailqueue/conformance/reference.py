@@ -18,6 +18,7 @@ class ReferenceAdapter(Adapter):
 
     name = "mailqueue"
     description = f"the mailqueue reference implementation {mailqueue.__version__}"
+    runs_reference_documents = True
 
     def namespace(self) -> Mapping[str, Any]:
         return vars(mailqueue)

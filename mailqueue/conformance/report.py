@@ -70,9 +70,10 @@ class ConformanceReport:
 
     # Collecting what ran ---------------------------------------------
 
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # After deselection: only what runs is reported.
         documents: dict[str, SpecDocument] = {}
-        for item in items:
+        for item in session.items:
             example = getattr(item, "example", None)
             if example is None:
                 continue

@@ -2,8 +2,10 @@
 
 A document marks its requirement levels with ``.. level:: MUST`` (or
 ``SHOULD``) lines.  A marker applies to every example after it, up to the
-next marker, whatever the sections.  Sections are reST titles: a line of
-text underlined with a line of one repeated punctuation character.
+next marker, whatever the sections.  A document with no marker at all is
+not part of the spec: it describes the reference implementation's own
+tools, and its examples have the level ``reference``.  Sections are reST
+titles: a line of text underlined with one repeated punctuation character.
 """
 
 from __future__ import annotations
@@ -59,11 +61,17 @@ class SpecDocument:
             ):
                 self._titles.append((number, text))
 
+    @property
+    def is_spec(self) -> bool:
+        """True if the document marks requirement levels: it is part of the spec."""
+        return bool(self._markers)
+
     def place(self, line: int) -> Place:
         """The section and level of an example that starts on *line*."""
+        default = "unmarked" if self.is_spec else "reference"
         return Place(
             self._last_before(self._titles, line, "(untitled)"),
-            self._last_before(self._markers, line, "unmarked"),
+            self._last_before(self._markers, line, default),
         )
 
     @staticmethod

@@ -1,0 +1,3 @@
+from mailqueue.cli import console_script
+
+console_script()

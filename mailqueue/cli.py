@@ -1,0 +1,514 @@
+"""The ``mailqueue`` command: run, feed and inspect the queues.
+
+Every command takes the configuration from ``-C FILE`` or the
+``MAILQUEUE_CONFIG`` environment variable; with neither, the defaults hold
+and all state lives under ``./var``.  A mistake in what a command was given
+is reported as one line on standard error, with exit status 1 (2 for a
+command line argparse cannot parse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import email.errors
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from mailqueue import qfile
+from mailqueue.config import config
+from mailqueue.lists import ListExistsError
+from mailqueue.logs import configure_logging
+from mailqueue.message import message_from_string
+from mailqueue.runner import Runner
+from mailqueue.testing import dump_msgdata
+
+__all__ = ["CommandError", "main"]
+
+
+class CommandError(Exception):
+    """A mistake in what the command was given: reported in one line."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mailqueue`` command with *argv*; return its exit status."""
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    config_file = arguments.config or os.environ.get("MAILQUEUE_CONFIG")
+    try:
+        with _configuration(config_file):
+            return arguments.command(arguments, config_file) or 0
+    except CommandError as error:
+        print(f"mailqueue: error: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as error:
+        # Bad configuration values, unreadable files, full disks: still
+        # the user's to fix, so one line and no traceback.
+        print(f"mailqueue: error: {error}", file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def _configuration(path: str | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except OSError as error:
+        raise CommandError(
+            f"cannot read the configuration {path}: {error.strerror}"
+        ) from None
+    layer = f"config file {os.path.abspath(path)}"
+    config.push(layer, text)
+    try:
+        yield
+    finally:
+        config.pop(layer)
+
+
+# The commands ---------------------------------------------------------------
+
+
+def _start(arguments: argparse.Namespace, config_file: str | None) -> int:
+    from mailqueue.master import Master, MasterRunning, master_pid
+
+    command = [sys.executable, "-m", "mailqueue"]
+    if config_file:
+        command += ["-C", os.path.abspath(config_file)]
+    if arguments.foreground:
+        master = Master(command)
+        try:
+            master.lock()
+        except MasterRunning as error:
+            raise CommandError(str(error)) from None
+        with _logging():
+            master.run()
+        return 0
+    running = master_pid()
+    if running is not None:
+        raise CommandError(
+            f"a master is already running on {config.VAR_DIR} (pid {running})"
+        )
+    os.makedirs(config.LOG_DIR, mode=0o770, exist_ok=True)
+    with open(os.path.join(config.LOG_DIR, "master.out"), "ab") as output:
+        pid = os.posix_spawnp(
+            sys.executable,
+            [*command, "start", "--foreground"],
+            os.environ,
+            setsid=True,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, output.fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, output.fileno(), 2),
+            ],
+        )
+    deadline = time.monotonic() + 30
+    while master_pid() != pid:
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            raise CommandError(
+                f"the master exited at once (status "
+                f"{os.waitstatus_to_exitcode(status)}); see "
+                f"{os.path.join(config.LOG_DIR, 'master.out')}"
+            )
+        if time.monotonic() > deadline:
+            raise CommandError(f"the master (pid {pid}) did not start within 30 s")
+        time.sleep(0.05)
+    print(f"mailqueue master started (pid {pid}) on {config.VAR_DIR}")
+    return 0
+
+
+def _running_master() -> int:
+    from mailqueue.master import master_pid
+
+    pid = master_pid()
+    if pid is None:
+        raise CommandError(f"no master is running on {config.VAR_DIR}")
+    return pid
+
+
+def _stop(arguments: argparse.Namespace, config_file: str | None) -> int:
+    import signal
+
+    pid = _running_master()
+    os.kill(pid, signal.SIGTERM)
+    from mailqueue.master import master_pid
+
+    deadline = time.monotonic() + arguments.timeout
+    while master_pid() == pid:
+        if time.monotonic() > deadline:
+            raise CommandError(
+                f"the master (pid {pid}) is still running after {arguments.timeout:g} s"
+            )
+        time.sleep(0.05)
+    print(f"mailqueue master (pid {pid}) stopped")
+    return 0
+
+
+def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
+    from mailqueue.master import master_pid, master_status
+
+    pid = master_pid()
+    if pid is None:
+        print(f"no master is running on {config.VAR_DIR}")
+        return 1
+    print(f"mailqueue master running (pid {pid}) on {config.VAR_DIR}")
+    for spec, runner in master_status().get("runners", {}).items():
+        print(
+            f"  runner {spec:<12} pid {runner['pid']:<8} restarts {runner['restarts']}"
+        )
+    return 0
+
+
+def _restart(arguments: argparse.Namespace, config_file: str | None) -> int:
+    import signal
+
+    pid = _running_master()
+    os.kill(pid, signal.SIGUSR1)
+    print(f"mailqueue master (pid {pid}) is restarting its runners")
+    return 0
+
+
+def _runner(arguments: argparse.Namespace, config_file: str | None) -> int:
+    name, slice = _runner_spec(arguments.spec)
+    section = config.runners[name]
+    module_name, _, class_name = section.class_path.rpartition(".")
+    try:
+        runner_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise CommandError(
+            f"[runner.{name}] class {section.class_path}: {error}"
+        ) from None
+    if not (isinstance(runner_class, type) and issubclass(runner_class, Runner)):
+        raise CommandError(
+            f"[runner.{name}] class {section.class_path} is not a Runner"
+        )
+    with _logging():
+        runner = runner_class(name, slice)
+        if arguments.once:
+            found = runner._one_iteration()
+            runner._clean_up()
+            print(f"{name}: {found} {'entry' if found == 1 else 'entries'}")
+            return 0
+        runner.set_signals()
+        runner.run()
+    return 0
+
+
+def _runner_spec(spec: str) -> tuple[str, int | None]:
+    name, *rest = spec.split(":")
+    section = config.runners.get(name)
+    if section is None:
+        raise CommandError(f"no runner is called {name!r} (no [runner.{name}] section)")
+    if not rest:
+        if section.instances != 1:
+            raise CommandError(
+                f"{name} has {section.instances} instances: name one, as "
+                f"{name}:SLICE:{section.instances}"
+            )
+        return name, None
+    if len(rest) != 2 or not all(part.isdigit() for part in rest):
+        raise CommandError(f"a runner is NAME or NAME:SLICE:COUNT, not {spec!r}")
+    slice, count = int(rest[0]), int(rest[1])
+    if count != section.instances:
+        raise CommandError(f"{name} has {section.instances} instances, not {count}")
+    if slice >= count:
+        raise CommandError(f"slice {slice} of {name} does not exist (0 to {count - 1})")
+    return name, slice
+
+
+def _inject(arguments: argparse.Namespace, config_file: str | None) -> int:
+    if arguments.queue not in config.switchboards:
+        known = ", ".join(sorted(config.switchboards))
+        raise CommandError(f"no queue is called {arguments.queue!r} (queues: {known})")
+    mlist = config.lists.get(arguments.list) or config.lists.get_by_list_id(
+        arguments.list
+    )
+    if mlist is None:
+        raise CommandError(f"no list is called {arguments.list!r}")
+    if arguments.file == "-":
+        data = sys.stdin.buffer.read()
+        source = "standard input"
+    else:
+        try:
+            with open(arguments.file, "rb") as stream:
+                data = stream.read()
+        except OSError as error:
+            raise CommandError(
+                f"cannot read {arguments.file}: {error.strerror}"
+            ) from None
+        source = arguments.file
+    msg = _parse_message(data, source)
+    filebase = config.switchboards[arguments.queue].enqueue(msg, listid=mlist.list_id)
+    print(f"queued {filebase} in {arguments.queue} for {mlist.fqdn_listname}")
+    return 0
+
+
+def _parse_message(data: bytes, source: str) -> Any:
+    text = data.decode("utf-8", errors="surrogateescape")
+    msg = message_from_string(text)
+    headerless = any(
+        isinstance(defect, email.errors.MissingHeaderBodySeparatorDefect)
+        for defect in msg.defects
+    )
+    if not data.strip() or not msg.keys() or headerless:
+        raise CommandError(f"{source} is not an RFC 5322 message (no header fields)")
+    return msg
+
+
+def _qfile(arguments: argparse.Namespace, config_file: str | None) -> int:
+    status = 0
+    entries = []
+    for path in arguments.files:
+        try:
+            msg, metadata, _ = qfile.load_entry(path)
+        except FileNotFoundError:
+            print(f"mailqueue: error: no such file: {path}", file=sys.stderr)
+            status = 1
+            continue
+        except qfile.QueueFileError as error:
+            print(f"mailqueue: error: {error}", file=sys.stderr)
+            status = 1
+            continue
+        text = msg if isinstance(msg, str) else msg.as_string()
+        entries.append((path, text, metadata))
+    if arguments.json:
+        print(
+            json.dumps(
+                [
+                    {"file": path, "message": text, "metadata": _jsonable(metadata)}
+                    for path, text, metadata in entries
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for path, text, metadata in entries:
+            print(f"== {path}")
+            print(text.rstrip("\n"))
+            print("-- metadata")
+            dump_msgdata(metadata)
+    return status
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_jsonable(item) for item in value), key=repr)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def _unshunt(arguments: argparse.Namespace, config_file: str | None) -> int:
+    shunt = config.switchboards["shunt"]
+    for filebase in shunt.files:
+        msg, msgdata = shunt.dequeue(filebase)
+        if arguments.discard:
+            shunt.finish(filebase)
+            print(f"discarded {filebase}")
+            continue
+        target = msgdata.pop("whichq", None)
+        if target not in config.switchboards or target in ("shunt", "bad"):
+            # Nowhere to send it: it stays in shunt, under a new file base.
+            shunt.enqueue(msg, msgdata, whichq=target)
+            shunt.finish(filebase)
+            print(
+                f"mailqueue: error: {filebase} names no queue to go back to "
+                f"(whichq {target!r}); left in shunt",
+                file=sys.stderr,
+            )
+            continue
+        new_filebase = config.switchboards[target].enqueue(msg, msgdata)
+        shunt.finish(filebase)
+        print(f"moved {filebase} to {target} as {new_filebase}")
+    return 0
+
+
+def _queue_counts() -> dict[str, dict[str, int]]:
+    return {
+        name: {
+            extension[1:]: len(config.switchboards[name].get_files(extension))
+            for extension in (".pck", ".bak", ".psv")
+        }
+        for name in sorted(config.switchboards)
+    }
+
+
+def _queues(arguments: argparse.Namespace, config_file: str | None) -> int:
+    if arguments.watch is None:
+        _print_queues(arguments.json)
+        return 0
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            # Clear the screen and draw again from its top-left corner.
+            sys.stdout.write("\033[H\033[2J")
+            print(
+                time.strftime("%H:%M:%S"),
+                f"every {arguments.watch:g} s; Ctrl-C to stop",
+            )
+            _print_queues(arguments.json)
+            sys.stdout.flush()
+            time.sleep(arguments.watch)
+    return 0
+
+
+def _print_queues(as_json: bool) -> None:
+    counts = _queue_counts()
+    if as_json:
+        print(json.dumps(counts, indent=2))
+        return
+    print(f"{'queue':<10}{'.pck':>8}{'.bak':>8}{'.psv':>8}")
+    for name, count in counts.items():
+        print(f"{name:<10}{count['pck']:>8}{count['bak']:>8}{count['psv']:>8}")
+
+
+def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:
+    if arguments.action is None:
+        for mlist in config.lists:
+            print(mlist.fqdn_listname)
+        return 0
+    if arguments.action == "create":
+        try:
+            mlist = config.lists.create(arguments.name)
+        except ListExistsError as error:
+            raise CommandError(str(error)) from None
+        print(f"created {mlist.fqdn_listname} (list-id {mlist.list_id})")
+        return 0
+    mlist = config.lists.get(arguments.name)
+    if mlist is None:
+        raise CommandError(f"no list is called {arguments.name!r}")
+    config.lists.delete(mlist)
+    print(f"deleted {mlist.fqdn_listname}")
+    return 0
+
+
+@contextlib.contextmanager
+def _logging() -> Iterator[None]:
+    """Log to files under the log directory for as long as the block runs."""
+    import logging
+
+    configure_logging(config.LOG_DIR)
+    try:
+        yield
+    finally:
+        for name in ("mailqueue.error", "mailqueue.runner"):
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                if isinstance(handler, logging.FileHandler):
+                    logger.removeHandler(handler)
+                    handler.close()
+
+
+# The command line -----------------------------------------------------------
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailqueue",
+        description="Run, feed and inspect GNU Mailman-style message queues.",
+    )
+    parser.add_argument(
+        "-C",
+        "--config",
+        metavar="FILE",
+        help="the configuration file (default: $MAILQUEUE_CONFIG, else built-in "
+        "defaults with all state under ./var)",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(name: str, function: Any, text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(command=function)
+        return sub
+
+    start = command("start", _start, "start the master, which starts the runners")
+    start.add_argument(
+        "--foreground",
+        action="store_true",
+        help="run the master in this process instead of detaching it",
+    )
+    stop = command("stop", _stop, "stop the master and its runners")
+    stop.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=60,
+        metavar="SECONDS",
+        help="how long to wait for them to stop (default: 60)",
+    )
+    command("status", _status, "say whether a master runs, and its runners")
+    command("restart", _restart, "make the master restart its runners")
+    runner = command("runner", _runner, "run one runner in this process")
+    runner.add_argument(
+        "spec",
+        metavar="NAME[:SLICE:COUNT]",
+        help="the runner, and which slice of how many",
+    )
+    runner.add_argument(
+        "--once", action="store_true", help="make one pass over the queue, then exit"
+    )
+    inject = command("inject", _inject, "put a message into a queue")
+    inject.add_argument("-q", "--queue", default="in", help="the queue (default: in)")
+    inject.add_argument(
+        "-l",
+        "--list",
+        required=True,
+        help="the list the message is for: posting address or list-id",
+    )
+    inject.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        metavar="FILE",
+        help="the message, RFC 5322 (default: standard input)",
+    )
+    show = command("qfile", _qfile, "show queue files' message and metadata, safely")
+    show.add_argument("files", nargs="+", metavar="FILE")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    unshunt = command(
+        "unshunt", _unshunt, "move every shunted message back to the queue it came from"
+    )
+    unshunt.add_argument(
+        "--discard", action="store_true", help="delete the shunted messages instead"
+    )
+    queues = command("queues", _queues, "count the entries of every queue")
+    queues.add_argument("--json", action="store_true", help="print JSON")
+    queues.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="refresh in place (default: every 2 s)",
+    )
+    lists = command("lists", _lists, "show, create or delete mailing lists")
+    actions = lists.add_subparsers(dest="action", metavar="ACTION")
+    for action, text in (("create", "create a list"), ("delete", "delete a list")):
+        sub = actions.add_parser(action, help=text, description=text)
+        sub.add_argument("name", metavar="NAME@DOMAIN")
+    return parser
+
+
+def console_script() -> None:
+    """The entry point of the ``mailqueue`` console script."""
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The built-in runners: enough for a message to go from ``in`` to a mailbox.
+
+``in`` stamps a message with its list's ``List-Id`` and passes it to
+``out``; ``out`` delivers it to the list's Maildir under the var directory,
+and hands it to ``retry`` if delivery fails; ``retry`` gives it back to
+``out`` once per ``sleep_time``; ``virgin`` passes messages the system made
+itself to ``out``.  ``bad`` and ``shunt`` are never run: they hold messages
+for a person.  These illustrate the base class; they are not Mailman.
+"""
+
+from __future__ import annotations
+
+import logging
+import mailbox
+import os
+from typing import Any
+
+from mailqueue.config import config
+from mailqueue.lists import MailingList
+from mailqueue.message import Message
+from mailqueue.qfile import fsync_directory
+from mailqueue.runner import Runner
+
+__all__ = ["IncomingRunner", "OutgoingRunner", "RetryRunner", "VirginRunner", "maildir"]
+
+elog = logging.getLogger("mailqueue.error")
+
+
+def maildir(mlist: MailingList) -> str:
+    """The directory of the Maildir that *mlist*'s messages are delivered to."""
+    return os.path.join(config.VAR_DIR, "lists", mlist.list_id)
+
+
+class IncomingRunner(Runner):
+    """Accept a message for a list: stamp its ``List-Id`` and queue it for ``out``."""
+
+    def _dispose(
+        self, mlist: MailingList, msg: Message, msgdata: dict[str, Any]
+    ) -> bool:
+        del msg["List-Id"]
+        msg["List-Id"] = f"<{mlist.list_id}>"
+        config.switchboards["out"].enqueue(msg, msgdata, listid=mlist.list_id)
+        return False
+
+
+class VirginRunner(Runner):
+    """Pass a message the system made itself straight to ``out``."""
+
+    def _dispose(
+        self, mlist: MailingList, msg: Message, msgdata: dict[str, Any]
+    ) -> bool:
+        config.switchboards["out"].enqueue(msg, msgdata)
+        return False
+
+
+class OutgoingRunner(Runner):
+    """Deliver a message to its list's Maildir; on failure, queue it for ``retry``."""
+
+    def _dispose(
+        self, mlist: MailingList, msg: Message, msgdata: dict[str, Any]
+    ) -> bool:
+        try:
+            _deliver(maildir(mlist), msg)
+        except OSError as error:
+            elog.error(
+                "%s runner: delivery to %s failed, will retry: %s",
+                self.name,
+                mlist.fqdn_listname,
+                error,
+            )
+            config.switchboards["retry"].enqueue(msg, msgdata)
+        return False
+
+
+class RetryRunner(Runner):
+    """Give every message back to ``out``; always sleep ``sleep_time`` between passes."""
+
+    def _dispose(
+        self, mlist: MailingList, msg: Message, msgdata: dict[str, Any]
+    ) -> bool:
+        config.switchboards["out"].enqueue(msg, msgdata)
+        return False
+
+    def _snooze(self, filecnt: int) -> None:
+        # A retry queue is a delay: it always waits before its next pass.
+        super()._snooze(0)
+
+
+def _deliver(directory: str, msg: Message) -> None:
+    # Maildir(create=True) makes the last level of the path only.
+    os.makedirs(os.path.dirname(directory), mode=0o770, exist_ok=True)
+    box = mailbox.Maildir(directory, create=True)
+    key = box.add(msg)
+    # The queue entry is finished after this returns, so the delivery must
+    # be on disk first: the file, then its name.  A message that is not a
+    # MaildirMessage is always added to new/.
+    path = os.path.join(directory, "new", key)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_directory(os.path.dirname(path))
