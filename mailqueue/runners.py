@@ -73,7 +73,7 @@ class OutgoingRunner(Runner):
 
 
 class RetryRunner(Runner):
-    """Give every message back to ``out``; always sleep ``sleep_time`` between passes."""
+    """Give every message back to ``out``; always sleep between passes."""
 
     def _dispose(
         self, mlist: MailingList, msg: Message, msgdata: dict[str, Any]
