@@ -1,0 +1,205 @@
+"""The master and its runner processes, for real: start, kill, restart, stop."""
+
+import collections
+import json
+import mailbox
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mailqueue import config, create_list, message_from_string
+from mailqueue.runners import maildir
+
+MESSAGES = 1000
+
+
+def process_gone(pid):
+    """True once *pid* has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Site:
+    """A var directory with a configuration file, and the command to run on it."""
+
+    def __init__(self, var_dir, extra=""):
+        self.var_dir = var_dir
+        self.config_file = os.path.join(var_dir, "site.cfg")
+        with open(self.config_file, "w") as stream:
+            stream.write(
+                f"[paths]\nvar_dir: {var_dir}\n"
+                "[runner.retry]\nstart: no\n[runner.virgin]\nstart: no\n" + extra
+            )
+
+    def run(self, *arguments, check=True):
+        result = subprocess.run(
+            [sys.executable, "-m", "mailqueue", "-C", self.config_file, *arguments],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def status(self):
+        with open(os.path.join(self.var_dir, "master.json")) as stream:
+            return json.load(stream)
+
+    def log(self, name):
+        try:
+            with open(os.path.join(self.var_dir, "logs", name)) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def site(var_dir):
+    sites = []
+
+    def make(extra=""):
+        sites.append(Site(var_dir, extra))
+        return sites[-1]
+
+    yield make
+    for made in sites:  # never leave a master behind, whatever failed
+        made.run("stop", "--timeout", "30", check=False)
+
+
+def test_a_killed_runner_is_restarted_and_every_message_is_delivered(site):
+    site = site(
+        "[runner.in]\ninstances: 2\nsleep_time: 0.1s\n"
+        "[runner.out]\ninstances: 2\nsleep_time: 0.1s\n"
+    )
+    mlist = create_list("test@example.com")
+    inbox = config.switchboards["in"]
+    for number in range(MESSAGES):
+        msg = message_from_string(
+            f"From: aperson@example.com\nMessage-ID: <{number}@example.com>\n\n{number}\n"
+        )
+        inbox.enqueue(msg, listid=mlist.list_id)
+
+    started = site.run("start")
+    assert "mailqueue master started" in started.stdout
+    master = site.status()["master"]
+    wait_for(lambda: len(site.status()["runners"]) == 4, 30, "four runners")
+    box = maildir(mlist)
+    delivered = lambda: (
+        len(mailbox.Maildir(box, create=False)) if os.path.isdir(box) else 0
+    )  # noqa: E731
+    wait_for(lambda: delivered() >= 100, 60, "the first deliveries")
+
+    runners = site.status()["runners"]
+    victim = runners["out:1:2"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: site.status()["runners"]["out:1:2"]["pid"] != victim,
+        30,
+        "the master to restart the killed runner",
+    )
+    assert site.status()["runners"]["out:1:2"]["restarts"] == 1
+    wait_for(
+        lambda: (
+            delivered() >= MESSAGES
+            and not config.switchboards["in"].files
+            and not config.switchboards["out"].files
+        ),
+        120,
+        "every delivery",
+    )
+
+    pids = [runner["pid"] for runner in site.status()["runners"].values()]
+    stopped = site.run("stop")
+    assert f"(pid {master}) stopped" in stopped.stdout
+    for pid in [master, *pids]:
+        wait_for(lambda pid=pid: process_gone(pid), 10, f"pid {pid} to exit")
+
+    ids = collections.Counter(
+        msg["message-id"] for msg in mailbox.Maildir(box, create=False)
+    )
+    duplicates = sum(ids.values()) - len(ids)
+    print(f"\n{len(ids)} messages delivered, {duplicates} duplicate(s)")
+    assert set(ids) == {f"<{number}@example.com>" for number in range(MESSAGES)}
+    # Only the entry the killed runner was working on can be delivered twice.
+    assert duplicates <= 1
+    for name in ("in", "out", "bad", "shunt"):
+        queue = config.switchboards[name]
+        assert (queue.files, queue.get_files(".bak"), queue.get_files(".psv")) == (
+            [],
+            [],
+            [],
+        ), name
+    assert "out:1:2 (pid %d) died (signal SIGKILL); restart 1 of 10" % victim in (
+        site.log("error.log") + site.log("runner.log")
+    )
+
+
+def test_a_runner_that_crashes_on_start_is_restarted_max_restarts_times(site):
+    site = site(
+        "[runner.broken]\nclass: nosuch.module.Runner\nmax_restarts: 2\n"
+        "[runner.out]\nstart: no\n"
+    )
+    site.run("start")
+    wait_for(lambda: "giving up" in site.log("error.log"), 60, "the master to give up")
+    log = site.log("error.log") + site.log("runner.log")
+    # Started once and restarted twice; died three times; then left down.
+    assert log.count("master started runner broken:0:1 ") == 3
+    assert log.count(") died (exit status 1)") == 3
+    assert "restart 1 of 2" in log and "restart 2 of 2" in log
+    assert log.count("after 2 restarts; giving up on it") == 1
+    # The others keep running.
+    runners = site.status()["runners"]
+    assert list(runners) == ["in:0:1"]
+    assert not process_gone(runners["in:0:1"]["pid"])
+    status = site.run("status")
+    assert "runner in:0:1" in status.stdout and "broken" not in status.stdout
+
+
+def test_a_second_master_is_refused_and_signals_reach_the_runners(site):
+    site = site("[runner.out]\nstart: no\n")
+    site.run("start")
+    master = site.status()["master"]
+    wait_for(lambda: len(site.status()["runners"]) == 1, 30, "the runner")
+    second = site.run("start", check=False)
+    assert second.returncode == 1
+    assert second.stderr == (
+        f"mailqueue: error: a master is already running on {site.var_dir} (pid {master})\n"
+    )
+    foreground = site.run("start", "--foreground", check=False)
+    assert foreground.returncode == 1 and f"(pid {master})" in foreground.stderr
+
+    # SIGHUP: every runner reopens its logs (after rotation, a new file).
+    runner_log = os.path.join(site.var_dir, "logs", "runner.log")
+    wait_for(lambda: os.path.exists(runner_log), 10, "the runner log")
+    os.rename(runner_log, runner_log + ".1")
+    os.kill(master, signal.SIGHUP)
+    wait_for(lambda: "caught SIGHUP" in site.log("runner.log"), 10, "the reopened log")
+
+    # restart (SIGUSR1): new runner processes, not counted as crashes.
+    before = site.status()["runners"]["in:0:1"]["pid"]
+    assert "restarting its runners" in site.run("restart").stdout
+    wait_for(
+        lambda: (
+            site.status()["runners"].get("in:0:1", {}).get("pid") not in (None, before)
+        ),
+        30,
+        "the restarted runner",
+    )
+    assert site.status()["runners"]["in:0:1"]["restarts"] == 0
