@@ -147,7 +147,7 @@ def test_a_killed_runner_is_restarted_and_every_message_is_delivered(site):
             [],
             [],
         ), name
-    assert "out:1:2 (pid %d) died (signal SIGKILL); restart 1 of 10" % victim in (
+    assert f"out:1:2 (pid {victim}) died (signal SIGKILL); restart 1 of 10" in (
         site.log("error.log") + site.log("runner.log")
     )
 
@@ -180,9 +180,8 @@ def test_a_second_master_is_refused_and_signals_reach_the_runners(site):
     wait_for(lambda: len(site.status()["runners"]) == 1, 30, "the runner")
     second = site.run("start", check=False)
     assert second.returncode == 1
-    assert second.stderr == (
-        f"mailqueue: error: a master is already running on {site.var_dir} (pid {master})\n"
-    )
+    running = f"a master is already running on {site.var_dir} (pid {master})"
+    assert second.stderr == f"mailqueue: error: {running}\n"
     foreground = site.run("start", "--foreground", check=False)
     assert foreground.returncode == 1 and f"(pid {master})" in foreground.stderr
 
