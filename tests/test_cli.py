@@ -1,0 +1,246 @@
+"""The mailqueue command: every command's mistakes get one clear line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mailqueue import config, create_list, message_from_string
+from mailqueue.cli import main
+from mailqueue.master import Master
+
+COMMANDS = [
+    "start",
+    "stop",
+    "status",
+    "restart",
+    "runner",
+    "inject",
+    "qfile",
+    "unshunt",
+    "queues",
+    "lists",
+]
+
+
+def run(capsys, *arguments):
+    status = main(list(arguments))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture
+def mlist(var_dir):
+    return create_list("test@example.com")
+
+
+@pytest.fixture
+def message_file(tmp_path):
+    path = tmp_path / "hello.eml"
+    path.write_text("From: aperson@example.com\nSubject: hi\n\nHello.\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], *([name] for name in COMMANDS), ["lists", "create"], ["lists", "delete"]],
+)
+def test_every_command_has_help(capsys, command):
+    with pytest.raises(SystemExit) as exit:
+        main([*command, "--help"])
+    assert exit.value.code == 0
+    assert "usage: mailqueue" in capsys.readouterr().out
+
+
+def test_a_wrong_command_line_is_a_usage_error_with_status_2(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["inject", "message.eml"])  # no -l
+    assert exit.value.code == 2
+    assert "the following arguments are required: -l/--list" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (
+            ["runner", "nosuch"],
+            "no runner is called 'nosuch' (no [runner.nosuch] section)",
+        ),
+        (["runner", "in:x:y"], "a runner is NAME or NAME:SLICE:COUNT, not 'in:x:y'"),
+        (["runner", "in:0:2"], "in has 1 instances, not 2"),
+        (["runner", "in:1:1"], "slice 1 of in does not exist (0 to 0)"),
+        (["runner", "sliced"], "sliced has 2 instances: name one, as sliced:SLICE:2"),
+        (
+            ["runner", "noclass"],
+            "[runner.noclass] class nosuch.Runner: No module named 'nosuch'",
+        ),
+        (
+            ["runner", "notrunner"],
+            "[runner.notrunner] class mailqueue.Switchboard is not a Runner",
+        ),
+        (
+            ["inject", "-l", "nosuch@example.com", "MESSAGE"],
+            "no list is called 'nosuch@example.com'",
+        ),
+        (
+            ["inject", "-q", "outbox", "-l", "test@example.com", "MESSAGE"],
+            "no queue is called 'outbox' (queues: bad, in, noclass, notrunner, "
+            "out, retry, shunt, sliced, virgin)",
+        ),
+        (
+            ["inject", "-l", "test@example.com", "/nonexistent/message.eml"],
+            "cannot read /nonexistent/message.eml: No such file or directory",
+        ),
+        (
+            ["inject", "-l", "test@example.com", "EMPTY"],
+            "EMPTY is not an RFC 5322 message (no header fields)",
+        ),
+        (
+            ["inject", "-l", "test@example.com", "PROSE"],
+            "PROSE is not an RFC 5322 message (no header fields)",
+        ),
+        (
+            ["lists", "create", "not-an-address"],
+            "not a list posting address (name@domain): 'not-an-address'",
+        ),
+        (
+            ["lists", "create", "test@example.com"],
+            "the list test@example.com exists already",
+        ),
+        (
+            ["lists", "delete", "nosuch@example.com"],
+            "no list is called 'nosuch@example.com'",
+        ),
+        (["stop"], "no master is running on VAR"),
+        (["restart"], "no master is running on VAR"),
+        (["qfile", "/nonexistent.pck"], "no such file: /nonexistent.pck"),
+        (["qfile", "GARBAGE"], "garbage.pck: not a queue entry (a damaged pickle: "),
+    ],
+)
+def test_bad_input_is_one_line_and_status_1(
+    capsys, mlist, message_file, tmp_path, var_dir, arguments, message
+):
+    config.push(
+        "cli",
+        "[runner.sliced]\ninstances: 2\n[runner.noclass]\n"
+        "class: nosuch.Runner\n[runner.notrunner]\nclass: mailqueue.Switchboard\n",
+    )
+    (tmp_path / "empty.eml").write_text("")
+    (tmp_path / "prose.eml").write_text("Just a line of prose, no headers.\n")
+    (tmp_path / "garbage.pck").write_bytes(b"Subject: not a pickle\n")
+    files = {
+        "MESSAGE": message_file,
+        "EMPTY": str(tmp_path / "empty.eml"),
+        "PROSE": str(tmp_path / "prose.eml"),
+        "GARBAGE": str(tmp_path / "garbage.pck"),
+    }
+    arguments = [files.get(argument, argument) for argument in arguments]
+    for name, path in files.items():
+        message = message.replace(name, path)
+    message = message.replace("VAR", var_dir)
+    status, out, err = run(capsys, *arguments)
+    assert status == 1
+    assert err.startswith(f"mailqueue: error: {message}")
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in out + err
+
+
+def test_status_without_a_master_says_so_with_status_1(capsys, var_dir):
+    assert run(capsys, "status") == (1, f"no master is running on {var_dir}\n", "")
+
+
+def test_starting_a_second_master_names_the_first(capsys, var_dir):
+    first = Master([sys.executable, "-m", "mailqueue"])
+    first.lock()
+    running = f"a master is already running on {var_dir} (pid {os.getpid()})"
+    message = f"mailqueue: error: {running}\n"
+    assert run(capsys, "start") == (1, "", message)
+    assert run(capsys, "start", "--foreground") == (1, "", message)
+    os.close(first._lock_fd)  # let the first master go
+
+
+def test_a_bad_configuration_is_one_line(capsys, tmp_path, monkeypatch, var_dir):
+    assert run(capsys, "-C", str(tmp_path / "missing.cfg"), "queues") == (
+        1,
+        "",
+        f"mailqueue: error: cannot read the configuration {tmp_path}/missing.cfg: "
+        "No such file or directory\n",
+    )
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("[runner.in]\ninstances: 3\n")
+    monkeypatch.setenv("MAILQUEUE_CONFIG", str(bad))
+    assert run(capsys, "queues") == (
+        1,
+        "",
+        "mailqueue: error: [runner.in] instances must be a power of two, not 3\n",
+    )
+    bad.write_text("this is not INI\n")
+    status, _, err = run(capsys, "queues")
+    assert status == 1 and err.startswith(
+        "mailqueue: error: configuration 'config file"
+    )
+
+
+def test_unshunt_leaves_an_entry_that_names_no_queue(capsys, mlist):
+    shunt = config.switchboards["shunt"]
+    msg = message_from_string("Subject: lost\n\nHi.\n")
+    shunt.enqueue(msg, listid=mlist.list_id, whichq="nosuch")
+    good = shunt.enqueue(msg, listid=mlist.list_id, whichq="in")
+    status, out, err = run(capsys, "unshunt")
+    assert status == 0
+    assert out.startswith(f"moved {good} to in as ")
+    assert "names no queue to go back to (whichq 'nosuch'); left in shunt" in err
+    assert len(shunt.files) == 1 and len(config.switchboards["in"].files) == 1
+    assert run(capsys, "unshunt", "--discard")[0] == 0
+    assert shunt.files == []
+
+
+def test_qfile_json_shows_any_metadata_as_json(capsys, mlist):
+    filebase = config.switchboards["in"].enqueue(
+        message_from_string("Subject: hi\n\nHi.\n"),
+        listid=mlist.list_id,
+        tags={"b", "a"},
+    )
+    path = os.path.join(config.switchboards["in"].queue_directory, filebase + ".pck")
+    status, out, _ = run(capsys, "qfile", "--json", path)
+    assert status == 0
+    [entry] = json.loads(out)
+    assert entry["metadata"] == {
+        "_parsemsg": False,
+        "listid": "test.example.com",
+        "tags": ["a", "b"],
+        "version": 3,
+    }
+
+
+def test_queues_watch_redraws_until_interrupted(var_dir, tmp_path):
+    config_file = tmp_path / "site.cfg"
+    config_file.write_text(f"[paths]\nvar_dir: {var_dir}\n")
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mailqueue",
+            "-C",
+            str(config_file),
+            "queues",
+            "--watch",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)
+    watcher.send_signal(signal.SIGINT)
+    out, err = watcher.communicate(timeout=10)
+    assert watcher.returncode == 0, err
+    assert out.count("\033[H\033[2J") >= 3  # drawn again and again, in place
+    assert out.count("queue ") == out.count("\033[H\033[2J")
+    with pytest.raises(SystemExit) as exit:
+        main(["queues", "--watch", "0"])
+    assert exit.value.code == 2
