@@ -53,6 +53,14 @@ class VirginRunner(Runner):
         return False
 
 
+class RetryRunner(VirginRunner):
+    """Give every message back to ``out`` as ``virgin`` does, but sleep between passes."""
+
+    def _snooze(self, filecnt: int) -> None:
+        # A retry queue is a delay: it always waits before its next pass.
+        super()._snooze(0)
+
+
 class OutgoingRunner(Runner):
     """Deliver a message to its list's Maildir; on failure, queue it for ``retry``."""
 
@@ -70,20 +78,6 @@ class OutgoingRunner(Runner):
             )
             config.switchboards["retry"].enqueue(msg, msgdata)
         return False
-
-
-class RetryRunner(Runner):
-    """Give every message back to ``out``; always sleep between passes."""
-
-    def _dispose(
-        self, mlist: MailingList, msg: Message, msgdata: dict[str, Any]
-    ) -> bool:
-        config.switchboards["out"].enqueue(msg, msgdata)
-        return False
-
-    def _snooze(self, filecnt: int) -> None:
-        # A retry queue is a delay: it always waits before its next pass.
-        super()._snooze(0)
 
 
 def _deliver(directory: str, msg: Message) -> None:
