@@ -54,7 +54,7 @@ class VirginRunner(Runner):
 
 
 class RetryRunner(VirginRunner):
-    """Give every message back to ``out`` as ``virgin`` does, but sleep between passes."""
+    """Pass every message back to ``out``, like ``virgin``, but wait between passes."""
 
     def _snooze(self, filecnt: int) -> None:
         # A retry queue is a delay: it always waits before its next pass.
