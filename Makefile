@@ -7,11 +7,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help test docs lint bench conformance conformance-results interop clean
+.PHONY: help test docs docs-check lint bench conformance conformance-results interop clean
 
 help:
 	@echo "make test   run the spec (docs/*.rst) and the tests"
 	@echo "make docs   build the HTML documentation into build/html"
+	@echo "make docs-check  load every page in headless Chromium, check links and search"
 	@echo "make lint   check the code with ruff"
 	@echo "make bench  print what the queue costs on this machine"
 	@echo "make conformance IMPL=NAME  run the spec against an implementation"
@@ -44,9 +45,17 @@ conformance-results: $(STAMP)
 interop: $(STAMP)
 	$(BIN)/python -m pytest tests/interop -W ignore::DeprecationWarning
 
+# System packages come from Debian's archive, installed when missing.
+APT_INSTALL = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
 docs: $(STAMP) conformance-results
-	$(BIN)/python -m sphinx -W -n --keep-going -q -b html docs build/html
+	@command -v dot > /dev/null || $(APT_INSTALL) graphviz
+	$(BIN)/python -m sphinx -W -n --keep-going -q -E -a -b html docs build/html
 	@echo "The documentation is in $(CURDIR)/build/html/index.html"
+
+docs-check: docs
+	@command -v chromium > /dev/null || $(APT_INSTALL) chromium
+	$(BIN)/python tests/browser/check_site.py build/html --screenshots build/screenshots
 
 lint: $(STAMP)
 	$(BIN)/ruff check mailqueue tests docs conftest.py

@@ -11,13 +11,16 @@ copyright = "2026, the mailqueue developers"
 
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.graphviz",
     "sphinx.ext.viewcode",
+    "sphinx_copybutton",
     "levels",
     "conformance_results",
 ]
 
 html_theme = "furo"
 html_static_path = ["_static"]
+html_favicon = "_static/favicon.svg"
 html_title = "mailqueue"
 exclude_patterns = ["_build"]
 
@@ -34,3 +37,11 @@ nitpick_ignore_regex = [
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "show-inheritance": True}
+
+# Pictures are drawn from their source at build time, by graphviz's dot.
+graphviz_output_format = "svg"
+
+# The copy button copies the code of an example, not its prompts or output.
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
