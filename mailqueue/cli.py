@@ -23,7 +23,7 @@ from typing import Any
 from mailqueue import qfile
 from mailqueue.config import config
 from mailqueue.lists import ListExistsError
-from mailqueue.logs import configure_logging
+from mailqueue.logs import logging_to
 from mailqueue.message import message_from_string
 from mailqueue.runner import Runner
 from mailqueue.testing import dump_msgdata
@@ -88,7 +88,7 @@ def _start(arguments: argparse.Namespace, config_file: str | None) -> int:
             master.lock()
         except MasterRunning as error:
             raise CommandError(str(error)) from None
-        with _logging():
+        with logging_to(config.LOG_DIR):
             master.run()
         return 0
     running = master_pid()
@@ -190,7 +190,7 @@ def _runner(arguments: argparse.Namespace, config_file: str | None) -> int:
         raise CommandError(
             f"[runner.{name}] class {section.class_path} is not a Runner"
         )
-    with _logging():
+    with logging_to(config.LOG_DIR):
         runner = runner_class(name, slice)
         if arguments.once:
             found = runner._one_iteration()
@@ -391,23 +391,6 @@ def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:
     config.lists.delete(mlist)
     print(f"deleted {mlist.fqdn_listname}")
     return 0
-
-
-@contextlib.contextmanager
-def _logging() -> Iterator[None]:
-    """Log to files under the log directory for as long as the block runs."""
-    import logging
-
-    configure_logging(config.LOG_DIR)
-    try:
-        yield
-    finally:
-        for name in ("mailqueue.error", "mailqueue.runner"):
-            logger = logging.getLogger(name)
-            for handler in list(logger.handlers):
-                if isinstance(handler, logging.FileHandler):
-                    logger.removeHandler(handler)
-                    handler.close()
 
 
 # The command line -----------------------------------------------------------

@@ -8,10 +8,12 @@ library adds no handlers; the program that runs it decides where lines go.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
-__all__ = ["LOG_FILES", "configure_logging", "reopen_logs"]
+__all__ = ["LOG_FILES", "logging_to", "reopen_logs"]
 
 #: The log file of each logger, in the log directory.
 LOG_FILES = {"mailqueue.error": "error.log", "mailqueue.runner": "runner.log"}
@@ -36,12 +38,13 @@ def reopen_logs() -> None:
                 handler.close()
 
 
-def configure_logging(log_dir: str, debug: bool = False) -> None:
-    """Send each logger's lines to its file in *log_dir* (made if missing).
+@contextlib.contextmanager
+def logging_to(log_dir: str, debug: bool = False) -> Iterator[None]:
+    """Send each logger's lines to its file in *log_dir* while the block runs.
 
     ``mailqueue.error`` goes to ``error.log`` and ``mailqueue.runner`` to
     ``runner.log``; with *debug*, ``mailqueue.debug`` goes to ``debug.log``.
-    Each line names its time and process.
+    Each line names its time and process.  The directory is made if missing.
     """
     os.makedirs(log_dir, mode=0o770, exist_ok=True)
     files = dict(LOG_FILES)
@@ -50,11 +53,20 @@ def configure_logging(log_dir: str, debug: bool = False) -> None:
     formatter = logging.Formatter("%(asctime)s [%(process)d] %(levelname)s %(message)s")
     for name, filename in files.items():
         logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            if isinstance(handler, logging.FileHandler):
-                logger.removeHandler(handler)
-                handler.close()
+        _remove_file_handlers(logger)
         handler = logging.FileHandler(os.path.join(log_dir, filename), delay=True)
         handler.setFormatter(formatter)
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG if name == "mailqueue.debug" else logging.INFO)
+    try:
+        yield
+    finally:
+        for name in files:
+            _remove_file_handlers(logging.getLogger(name))
+
+
+def _remove_file_handlers(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+            handler.close()
