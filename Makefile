@@ -50,7 +50,9 @@ APT_INSTALL = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get insta
 
 docs: $(STAMP) conformance-results
 	@command -v dot > /dev/null || $(APT_INSTALL) graphviz
-	$(BIN)/python -m sphinx -W -n --keep-going -q -E -a -b html docs build/html
+	@# From scratch: viewcode keeps any page newer than its module, stale or not.
+	rm -rf build/html
+	$(BIN)/python -m sphinx -W -n --keep-going -q -b html docs build/html
 	@echo "The documentation is in $(CURDIR)/build/html/index.html"
 
 docs-check: docs

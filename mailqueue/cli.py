@@ -15,6 +15,7 @@ import email.errors
 import importlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ from mailqueue import qfile
 from mailqueue.config import config
 from mailqueue.lists import ListExistsError
 from mailqueue.logs import logging_to
+from mailqueue.master import Master, MasterRunning, master_pid, master_status
 from mailqueue.message import message_from_string
 from mailqueue.runner import Runner
 from mailqueue.testing import dump_msgdata
@@ -77,8 +79,6 @@ def _configuration(path: str | None) -> Iterator[None]:
 
 
 def _start(arguments: argparse.Namespace, config_file: str | None) -> int:
-    from mailqueue.master import Master, MasterRunning, master_pid
-
     command = [sys.executable, "-m", "mailqueue"]
     if config_file:
         command += ["-C", os.path.abspath(config_file)]
@@ -126,8 +126,6 @@ def _start(arguments: argparse.Namespace, config_file: str | None) -> int:
 
 
 def _running_master() -> int:
-    from mailqueue.master import master_pid
-
     pid = master_pid()
     if pid is None:
         raise CommandError(f"no master is running on {config.VAR_DIR}")
@@ -135,12 +133,8 @@ def _running_master() -> int:
 
 
 def _stop(arguments: argparse.Namespace, config_file: str | None) -> int:
-    import signal
-
     pid = _running_master()
     os.kill(pid, signal.SIGTERM)
-    from mailqueue.master import master_pid
-
     deadline = time.monotonic() + arguments.timeout
     while master_pid() == pid:
         if time.monotonic() > deadline:
@@ -153,8 +147,6 @@ def _stop(arguments: argparse.Namespace, config_file: str | None) -> int:
 
 
 def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
-    from mailqueue.master import master_pid, master_status
-
     pid = master_pid()
     if pid is None:
         print(f"no master is running on {config.VAR_DIR}")
@@ -168,8 +160,6 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
 
 
 def _restart(arguments: argparse.Namespace, config_file: str | None) -> int:
-    import signal
-
     pid = _running_master()
     os.kill(pid, signal.SIGUSR1)
     print(f"mailqueue master (pid {pid}) is restarting its runners")

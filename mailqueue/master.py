@@ -26,7 +26,7 @@ from mailqueue.config import config
 from mailqueue.logs import reopen_logs
 from mailqueue.qfile import write_file
 
-__all__ = ["Master", "MasterRunning", "master_pid"]
+__all__ = ["Master", "MasterRunning", "master_pid", "master_status"]
 
 rlog = logging.getLogger("mailqueue.runner")
 

@@ -155,11 +155,16 @@ class Runner:
         else:
             self.switchboard.finish(filebase)
 
-    def _shunt(self, filebase: str, msg: Message, msgdata: dict[str, Any]) -> None:
+    def _enqueue_in_shunt(self, msg: Message, msgdata: dict[str, Any]) -> str:
+        # whichq says where the message goes back to once it is unshunted.
         assert self.switchboard is not None
         msgdata["whichq"] = self.switchboard.name
+        return config.switchboards["shunt"].enqueue(msg, msgdata)
+
+    def _shunt(self, filebase: str, msg: Message, msgdata: dict[str, Any]) -> None:
+        assert self.switchboard is not None
         try:
-            new_filebase = config.switchboards["shunt"].enqueue(msg, msgdata)
+            new_filebase = self._enqueue_in_shunt(msg, msgdata)
         except Exception:
             elog.exception(
                 "%s runner cannot shunt %s; preserving it", self.name, filebase
@@ -180,7 +185,6 @@ class Runner:
         """
         mlist = _find_list(msgdata)
         if mlist is None:
-            assert self.switchboard is not None
             wanted = msgdata.get("listid", msgdata.get("listname"))
             elog.error(
                 "%s runner shunting %s for a missing list: %s",
@@ -188,8 +192,7 @@ class Runner:
                 msg.get("message-id", "a message"),
                 wanted,
             )
-            msgdata["whichq"] = self.switchboard.name
-            config.switchboards["shunt"].enqueue(msg, msgdata)
+            self._enqueue_in_shunt(msg, msgdata)
             return
         member = mlist.members.get_member(msg.sender) if msg.sender else None
         language = member.preferred_language if member else mlist.preferred_language
