@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import email.errors
 import importlib
+import io
 import json
 import os
 import signal
@@ -258,34 +259,39 @@ def _qfile(arguments: argparse.Namespace, config_file: str | None) -> int:
     entries = []
     for path in arguments.files:
         try:
-            msg, metadata, _ = qfile.load_entry(path)
+            msg, metadata, _ = qfile.load_entry(path, config.max_entry_size)
+            entries.append(_shown(path, msg, metadata, arguments.json))
         except FileNotFoundError:
             print(f"mailqueue: error: no such file: {path}", file=sys.stderr)
             status = 1
-            continue
         except qfile.QueueFileError as error:
             print(f"mailqueue: error: {error}", file=sys.stderr)
             status = 1
-            continue
-        text = msg if isinstance(msg, str) else msg.as_string()
-        entries.append((path, text, metadata))
     if arguments.json:
-        print(
-            json.dumps(
-                [
-                    {"file": path, "message": text, "metadata": _jsonable(metadata)}
-                    for path, text, metadata in entries
-                ],
-                indent=2,
-            )
-        )
+        print(json.dumps(entries, indent=2))
     else:
-        for path, text, metadata in entries:
-            print(f"== {path}")
-            print(text.rstrip("\n"))
-            print("-- metadata")
-            dump_msgdata(metadata)
+        print("\n".join(entries), end="\n" if entries else "")
     return status
+
+
+def _shown(path: str, msg: Any, metadata: dict[str, Any], as_json: bool) -> Any:
+    """An entry as qfile shows it; what cannot be shown is a QueueFileError."""
+    # The objects are those of a checked file, but a message can be put
+    # together in ways that its own methods cannot write out.
+    try:
+        text = msg if isinstance(msg, str) else msg.as_string()
+        if as_json:
+            return {"file": path, "message": text, "metadata": _jsonable(metadata)}
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            dump_msgdata(metadata)
+    except Exception as error:
+        raise qfile.QueueFileError(
+            f"{os.path.basename(path)}: cannot be shown ({type(error).__name__}: "
+            f"{error!s:.80})"
+        ) from None
+    shown = [f"== {path}", text.rstrip("\n"), "-- metadata", printed.getvalue()]
+    return "\n".join(shown).rstrip("\n")
 
 
 def _jsonable(value: Any) -> Any:
@@ -302,27 +308,41 @@ def _jsonable(value: Any) -> Any:
 
 def _unshunt(arguments: argparse.Namespace, config_file: str | None) -> int:
     shunt = config.switchboards["shunt"]
+    status = 0
     for filebase in shunt.files:
-        msg, msgdata = shunt.dequeue(filebase)
+        try:
+            msg, msgdata = shunt.dequeue(filebase)
+        except FileNotFoundError:
+            continue  # taken by another process
+        except qfile.QueueFileError as error:
+            # One bad entry does not stop the others: it goes to bad.
+            shunt.finish(filebase, preserve=True)
+            print(f"mailqueue: error: {error}; moved to bad", file=sys.stderr)
+            status = 1
+            continue
         if arguments.discard:
             shunt.finish(filebase)
             print(f"discarded {filebase}")
             continue
         target = msgdata.pop("whichq", None)
-        if target not in config.switchboards or target in ("shunt", "bad"):
+        if (
+            not isinstance(target, str)
+            or target not in config.switchboards
+            or target in ("shunt", "bad")
+        ):
             # Nowhere to send it: it stays in shunt, under a new file base.
             shunt.enqueue(msg, msgdata, whichq=target)
             shunt.finish(filebase)
             print(
                 f"mailqueue: error: {filebase} names no queue to go back to "
-                f"(whichq {target!r}); left in shunt",
+                f"(whichq {target!r:.80}); left in shunt",
                 file=sys.stderr,
             )
             continue
         new_filebase = config.switchboards[target].enqueue(msg, msgdata)
         shunt.finish(filebase)
         print(f"moved {filebase} to {target} as {new_filebase}")
-    return 0
+    return status
 
 
 def _queue_counts() -> dict[str, dict[str, int]]:

@@ -10,6 +10,11 @@ section matter:
     ``data_dir`` and ``log_dir``, which default to directories below it.
     Pushing ``var_dir`` alone moves every queue and the list database.
 
+``[queues]``
+    ``max_entry_size``: the largest queue entry that is written or read, in
+    bytes or with a unit (``32MiB``, ``500KB``); a larger file is set aside
+    in the ``bad`` queue.
+
 ``[runner.NAME]``
     One per runner, and so one per queue.  Keys not given take the
     defaults in :data:`RUNNER_DEFAULTS`.  An empty ``path`` makes a runner
@@ -52,6 +57,9 @@ queue_dir: $VAR_DIR/queue
 data_dir: $VAR_DIR/data
 log_dir: $VAR_DIR/logs
 
+[queues]
+max_entry_size: 32MiB
+
 [runner.in]
 class: mailqueue.runners.IncomingRunner
 [runner.out]
@@ -70,6 +78,11 @@ start: no
 """
 
 _DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?)\s*(ms|s|m|h|d|w)?\s*")
+_SIZE = re.compile(r"\s*([0-9]+)\s*([a-zA-Z]*)\s*")
+# K, M and G alone are binary, as in most mail tools; KB, MB and GB decimal.
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3}
+_SIZE_UNITS |= {"m": 2**20, "mib": 2**20, "mb": 10**6}
+_SIZE_UNITS |= {"g": 2**30, "gib": 2**30, "gb": 10**9}
 _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _BOOLEANS = {
     "yes": True,
@@ -163,10 +176,18 @@ class Configuration:
                 name = section.removeprefix("runner.")
                 values = RUNNER_DEFAULTS | merged[section]
                 runners[name] = _runner_config(name, values, substitutions)
+        max_entry_size = _size(
+            merged.get("queues", {}).get("max_entry_size", "32MiB"),
+            "[queues] max_entry_size",
+        )
         self._merged = merged
         self._paths = substitutions
+        #: The largest queue entry written or read, in bytes.
+        self.max_entry_size = max_entry_size
         self.runners: dict[str, RunnerConfig] = runners
-        self.switchboards: Mapping[str, Switchboard] = _Switchboards(runners)
+        self.switchboards: Mapping[str, Switchboard] = _Switchboards(
+            runners, max_entry_size
+        )
         if self._lists is not None and self._lists.path != self._database_path:
             self._lists.close()
             self._lists = None
@@ -214,15 +235,18 @@ class Configuration:
 class _Switchboards(Mapping[str, "Switchboard"]):
     """One switchboard per queue runner, made (with its directory) when first used."""
 
-    def __init__(self, runners: dict[str, RunnerConfig]) -> None:
+    def __init__(self, runners: dict[str, RunnerConfig], max_entry_size: int) -> None:
         self._paths = {name: r.path for name, r in runners.items() if r.path}
+        self._max_entry_size = max_entry_size
         self._made: dict[str, Switchboard] = {}
 
     def __getitem__(self, name: str) -> Switchboard:
         if name not in self._made:
             from mailqueue.switchboard import Switchboard
 
-            self._made[name] = Switchboard(name, self._paths[name])
+            self._made[name] = Switchboard(
+                name, self._paths[name], max_entry_size=self._max_entry_size
+            )
         return self._made[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -250,6 +274,16 @@ def _expand(value: str, substitutions: dict[str, str], where: str) -> str:
         ) from None
     except ValueError as error:
         raise ValueError(f"{where}: cannot expand {value!r} ({error})") from None
+
+
+def _size(value: str, where: str) -> int:
+    match = _SIZE.fullmatch(value)
+    factor = _SIZE_UNITS.get(match[2].lower()) if match else None
+    if match is None or factor is None or int(match[1]) == 0:
+        raise ValueError(
+            f"{where} must be a size such as 32MiB, 500KB or 1048576, not {value!r}"
+        )
+    return int(match[1]) * factor
 
 
 def _runner_config(

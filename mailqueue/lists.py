@@ -20,10 +20,20 @@ __all__ = [
     "MailingList",
     "Member",
     "Roster",
+    "check_list_id",
     "create_list",
 ]
 
-_POSTING_ADDRESS = re.compile(r"(?P<local>[^@\s]+)@(?P<domain>[^@\s]+\.[^@\s]+)")
+# A list's name is what GNU Mailman allows by default (letters, digits, "-",
+# "_" and inner dots); its domain is a host name of two labels or more.  So
+# neither the posting address nor the list-id made from it can name a path
+# out of a directory.
+_LOCAL_PART = r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_POSTING_ADDRESS = re.compile(
+    rf"(?P<local>{_LOCAL_PART})@(?P<domain>{_LABEL}(?:\.{_LABEL})+)"
+)
+_LIST_ID = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)+")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS lists (
@@ -161,11 +171,12 @@ class ListManager:
 
     def create(self, fqdn_listname: str, preferred_language: str = "en") -> MailingList:
         """Create the list whose posting address is *fqdn_listname*."""
-        match = _POSTING_ADDRESS.fullmatch(fqdn_listname or "")
-        if match is None:
+        match = _POSTING_ADDRESS.fullmatch(str(fqdn_listname or "").lower())
+        if match is None or len(match["local"]) > 64 or len(match["domain"]) > 253:
             raise ValueError(
                 f"not a list posting address (name@domain): {fqdn_listname!r}"
             )
+        check_list_id(f"{match['local']}.{match['domain']}")
         mlist = MailingList(fqdn_listname.lower(), Language(preferred_language), self)
         try:
             self._query(
@@ -211,6 +222,21 @@ class ListManager:
         if self.usable:
             self._connection.close()
         self._connection = None
+
+
+def check_list_id(list_id: str) -> str:
+    """Return *list_id* if it is a list-id, safe to use as a directory name.
+
+    Raise :exc:`ValueError` for anything else: a list-id is dot-separated
+    words of letters, digits, ``-`` and ``_``, at most 255 characters.
+    """
+    if (
+        not isinstance(list_id, str)
+        or len(list_id) > 255
+        or _LIST_ID.fullmatch(list_id) is None
+    ):
+        raise ValueError(f"not a list-id: {list_id!r:.80}")
+    return list_id
 
 
 def create_list(fqdn_listname: str, preferred_language: str = "en") -> MailingList:

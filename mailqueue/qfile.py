@@ -7,39 +7,38 @@ the entry was made (a decimal number of seconds since the epoch, as
 The time orders a queue first in, first out; the digest places the entry in
 a slice of the hash space.
 
-Queue files are untrusted input.  They are read with an unpickler that
-admits only the message classes and plain data types, so a crafted file can
-never run code.  They are written so that a crash leaves either the old state
-or the new one: to a temporary name, flushed to disk, renamed into place,
-and then the directory itself is flushed.
+Queue files are untrusted input.  Only regular files are read, never
+through a symbolic link, and only up to a size limit; both pickles are
+checked in full by :mod:`mailqueue.safepickle` before anything is built,
+and built with an unpickler that admits only the message classes and plain
+data types, so a crafted file can never run code, exhaust memory or time,
+or change anything but the objects it makes.
+
+They are written so that a crash leaves either the old state or the new
+one: to a temporary name, flushed to disk, renamed into place, and then the
+directory itself is flushed.
 """
 
 from __future__ import annotations
 
-import builtins
 import contextlib
-import copyreg
-import datetime
-import email._policybase
-import email.charset
-import email.errors
-import email.header
 import email.message
+import errno
 import hashlib
-import inspect
-import io
 import math
 import os
 import pickle
 import re
+import stat
 import threading
 import time
 from typing import Any, NamedTuple
 
-from mailqueue.message import Message
+from mailqueue import safepickle
 
 __all__ = [
     "DIGEST_BITS",
+    "MAX_ENTRY_SIZE",
     "PICKLE_PROTOCOL",
     "QFILE_SCHEMA_VERSION",
     "FileBase",
@@ -49,6 +48,7 @@ __all__ = [
     "load_entry",
     "make_filebase",
     "parse_filebase",
+    "read_file",
     "write_file",
 ]
 
@@ -58,6 +58,8 @@ QFILE_SCHEMA_VERSION = 3
 PICKLE_PROTOCOL = 4
 #: The width of the digest in a file name, in bits.
 DIGEST_BITS = 160
+#: The largest entry read or written, in bytes, unless the queue says otherwise.
+MAX_ENTRY_SIZE = 32 * 2**20
 
 _FILEBASE = re.compile(r"(?P<when>[0-9]+(?:\.[0-9]+)?)\+(?P<digest>[0-9a-fA-F]{40})")
 
@@ -98,61 +100,139 @@ def _unique_time() -> float:
         return _last_time
 
 
-def make_filebase(message_pickle: bytes, list_id: str) -> str:
-    """Make a new, unique file base for an entry holding *message_pickle*."""
-    now = repr(_unique_time())
-    food = b"".join((message_pickle, list_id.encode(), now.encode(), os.urandom(16)))
+def make_filebase(
+    message_pickle: bytes, list_id: str, when: float | None = None
+) -> str:
+    """Make a new, unique file base for an entry holding *message_pickle*.
+
+    Its time is now, or *when* (for an entry that must keep its place).
+    """
+    now = repr(_unique_time() if when is None else when)
+    food = b"".join(
+        (message_pickle, list_id.encode(errors="replace"), now.encode(), os.urandom(16))
+    )
     return f"{now}+{hashlib.sha1(food).hexdigest()}"
 
 
 def dump_checked(obj: Any, what: str) -> bytes:
     """Pickle *obj*, refusing anything that :func:`load_entry` would refuse.
 
-    The pickle is read back with the same safe loader, so an entry is never
-    written that could not be dequeued.  *what* names it in the error.
+    The pickle is checked by the same rules a reader checks it by, so an
+    entry is never written that could not be dequeued.  *what* names it in
+    the error, a :exc:`TypeError`.
     """
     try:
         data = pickle.dumps(obj, PICKLE_PROTOCOL)
-        _SafeUnpickler(io.BytesIO(data)).load()
-    except (pickle.PicklingError, TypeError, AttributeError, QueueFileError) as error:
+        safepickle.check(data)
+    except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
         raise TypeError(f"cannot queue this {what}: {error}") from None
+    except RecursionError:
+        raise TypeError(
+            f"cannot queue this {what}: nested more than "
+            f"{safepickle.MAX_DEPTH} levels deep"
+        ) from None
     return data
 
 
-def load_entry(path: str) -> tuple[Any, dict[str, Any], bytes]:
+def read_file(path: str, max_size: int = MAX_ENTRY_SIZE) -> bytes:
+    """Read the queue file at *path*, which must be a regular file.
+
+    A symbolic link is not followed and a FIFO or device is not waited on:
+    anything but a regular file of at most *max_size* bytes is refused with
+    :exc:`QueueFileError`.  :exc:`FileNotFoundError` means it is gone (taken
+    by another process, say); any other :exc:`OSError` is the system's.
+    """
+    name = os.path.basename(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO):
+            what = "a symbolic link" if error.errno == errno.ELOOP else error.strerror
+            raise QueueFileError(f"{name}: cannot be read ({what})") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _FILE_TYPES.get(stat.S_IFMT(info.st_mode), "of an unknown type")
+            raise QueueFileError(f"{name}: not a regular file ({kind})")
+        if info.st_size > max_size:
+            raise QueueFileError(
+                f"{name}: {info.st_size:,} bytes, more than the limit of {max_size:,}"
+            )
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, max(info.st_size - size, 0) + 1):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_size:
+                raise QueueFileError(
+                    f"{name}: more than the limit of {max_size:,} bytes"
+                )
+    except IsADirectoryError:
+        raise QueueFileError(f"{name}: not a regular file (a directory)") from None
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+_FILE_TYPES = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def load_entry(
+    path: str, max_size: int = MAX_ENTRY_SIZE
+) -> tuple[Any, dict[str, Any], bytes]:
     """Read the entry at *path* safely.
 
     Return the message (an object, or text when it was stored as text), the
     metadata, and the message pickle exactly as stored.  Raise
-    :exc:`QueueFileError` for anything that is not a well-formed entry.
+    :exc:`QueueFileError` for anything that is not a well-formed entry (and
+    :exc:`FileNotFoundError` if there is no file).  Both pickles are
+    checked in full (see :mod:`mailqueue.safepickle`) before anything is
+    built, and whatever goes wrong while building becomes a
+    :exc:`QueueFileError` too.
     """
-    with open(path, "rb") as stream:
-        data = stream.read()
-    source = io.BytesIO(data)
+    data = read_file(path, max_size)
+    name = os.path.basename(path)
     try:
-        message = _SafeUnpickler(source).load()
-        boundary = source.tell()
-        metadata = _SafeUnpickler(source).load()
-    except QueueFileError as error:
-        raise QueueFileError(f"{os.path.basename(path)}: {error}") from None
+        made, boundary = safepickle.check(data)
+        if made not in ("message", "text"):
+            raise QueueFileError("the message is not a message")
+        made, end = safepickle.check(data, boundary)
+        if made != "dict":
+            raise QueueFileError("the metadata is not a dict with string keys")
+        if end != len(data):
+            raise QueueFileError(f"{len(data) - end:,} bytes follow the metadata")
+        message = safepickle.load(data)
+        metadata = safepickle.load(data, boundary)
+        if not isinstance(metadata, dict) or not isinstance(
+            message, (email.message.Message, str)
+        ):
+            raise QueueFileError("not a message and its metadata")
+        _check_reserved_keys(metadata)
+    except (QueueFileError, safepickle.PickleRefused) as error:
+        raise QueueFileError(f"{name}: {error}") from None
     except Exception as error:
-        # Truncated, garbage or otherwise malformed pickles raise any of a
-        # dozen exception types; all of them mean the same thing here.
+        # A damaged pickle raises any of a dozen exception types, and even
+        # a checked one can fail to build; all of them mean the same here.
         raise QueueFileError(
-            f"{os.path.basename(path)}: not a queue entry (a damaged pickle: "
-            f"{type(error).__name__})"
+            f"{name}: not a queue entry (a damaged pickle: {type(error).__name__})"
         ) from None
-    if not isinstance(metadata, dict):
-        raise QueueFileError(
-            f"{os.path.basename(path)}: the metadata is a "
-            f"{type(metadata).__name__}, not a dict"
-        )
-    if not isinstance(message, (email.message.Message, str)):
-        raise QueueFileError(
-            f"{os.path.basename(path)}: the message is a "
-            f"{type(message).__name__}, not a message"
-        )
     return message, metadata, data[:boundary]
+
+
+def _check_reserved_keys(metadata: dict[str, Any]) -> None:
+    count = metadata.get("_bak_count", 0)
+    if type(count) is not int or count < 0:
+        raise QueueFileError(f"_bak_count is {type(count).__name__} {count!r:.40}")
 
 
 def write_file(path: str, parts: tuple[bytes, ...]) -> None:
@@ -189,92 +269,3 @@ def fsync_directory(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# What the safe unpickler admits ---------------------------------------------
-
-
-def _bytes_from_text(text: str, encoding: str = "latin1") -> bytes:
-    # Pickle protocols 0 to 2 store bytes as _codecs.encode(text, "latin1").
-    if encoding not in ("latin1", "latin-1"):
-        raise QueueFileError(f"refused to decode bytes with {encoding!r}")
-    return text.encode("latin1")
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    import email.mime.application
-    import email.mime.audio
-    import email.mime.base
-    import email.mime.image
-    import email.mime.message
-    import email.mime.multipart
-    import email.mime.nonmultipart
-    import email.mime.text
-
-    classes: list[type] = [
-        email.message.Message,
-        email.charset.Charset,
-        email.header.Header,
-        email.mime.application.MIMEApplication,
-        email.mime.audio.MIMEAudio,
-        email.mime.base.MIMEBase,
-        email.mime.image.MIMEImage,
-        email.mime.message.MIMEMessage,
-        email.mime.multipart.MIMEMultipart,
-        email.mime.nonmultipart.MIMENonMultipart,
-        email.mime.text.MIMEText,
-        email._policybase.Compat32,
-        Message,
-        datetime.date,
-        datetime.datetime,
-        datetime.time,
-        datetime.timedelta,
-        datetime.timezone,
-    ]
-    classes += [
-        value
-        for value in vars(email.errors).values()
-        if inspect.isclass(value) and issubclass(value, email.errors.MessageDefect)
-    ]
-    allowed: dict[tuple[str, str], Any] = {
-        (cls.__module__, cls.__qualname__): cls for cls in classes
-    }
-    allowed.update(
-        {
-            # GNU Mailman's message classes are read as ours: their state is
-            # that of an email.message.Message.  Their code is never imported.
-            ("mailman.email.message", "Message"): Message,
-            ("mailman.email.message", "UserNotification"): Message,
-            ("mailman.email.message", "OwnerNotification"): Message,
-            # What protocols 0 to 2 need to rebuild objects and bytes, under
-            # both their Python 3 and their Python 2 module names.
-            ("copyreg", "_reconstructor"): copyreg._reconstructor,
-            ("copy_reg", "_reconstructor"): copyreg._reconstructor,
-            ("builtins", "object"): object,
-            ("__builtin__", "object"): object,
-            ("_codecs", "encode"): _bytes_from_text,
-        }
-    )
-    for name in ("set", "frozenset", "bytes", "bytearray"):
-        allowed["builtins", name] = getattr(builtins, name)
-        allowed["__builtin__", name] = getattr(builtins, name)
-    return allowed
-
-
-_ALLOWED = _allowed_globals()
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """An unpickler that can only build messages and plain data."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[module, name]
-        except KeyError:
-            raise QueueFileError(
-                f"refused to load {module}.{name}: queue files may hold only "
-                "messages and plain data"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise QueueFileError("refused a persistent id: queue files are self-contained")

@@ -48,7 +48,12 @@ class Runner:
                 raise ValueError(f"[runner.{name}] has no path for its queue")
             self.queue_directory: str | None = section.path
             self.switchboard: Switchboard | None = Switchboard(
-                name, section.path, slice, section.instances, recover=True
+                name,
+                section.path,
+                slice,
+                section.instances,
+                recover=True,
+                max_entry_size=config.max_entry_size,
             )
         else:
             self.queue_directory = None
@@ -189,8 +194,8 @@ class Runner:
             elog.error(
                 "%s runner shunting %s for a missing list: %s",
                 self.name,
-                msg.get("message-id", "a message"),
-                wanted,
+                _loggable(msg.get("message-id", "a message")),
+                _loggable(wanted),
             )
             self._enqueue_in_shunt(msg, msgdata)
             return
@@ -228,8 +233,21 @@ class Runner:
 
 
 def _find_list(msgdata: dict[str, Any]) -> MailingList | None:
+    # The names come from a queue file: anything but text names no list.
     if "listid" in msgdata:
-        return config.lists.get_by_list_id(msgdata["listid"])
+        list_id = msgdata["listid"]
+        return (
+            config.lists.get_by_list_id(list_id) if isinstance(list_id, str) else None
+        )
     if "listname" in msgdata:
-        return config.lists.get(msgdata["listname"])
+        name = msgdata["listname"]
+        return config.lists.get(name) if isinstance(name, str) else None
     return None
+
+
+def _loggable(value: object) -> str:
+    """*value*, from a queue file, as one bounded line of a log."""
+    text = value if isinstance(value, str) else repr(value)
+    if not text.isprintable():
+        text = ascii(text)
+    return text if len(text) <= 200 else text[:200] + "..."

@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from mailqueue.config import config
-from mailqueue.lists import MailingList
+from mailqueue.lists import MailingList, check_list_id
 from mailqueue.message import Message
 from mailqueue.qfile import fsync_directory
 from mailqueue.runner import Runner
@@ -27,8 +27,13 @@ elog = logging.getLogger("mailqueue.error")
 
 
 def maildir(mlist: MailingList) -> str:
-    """The directory of the Maildir that *mlist*'s messages are delivered to."""
-    return os.path.join(config.VAR_DIR, "lists", mlist.list_id)
+    """The directory of the Maildir that *mlist*'s messages are delivered to.
+
+    The list-id is checked again here, as the name of a directory: one that
+    is not a list-id (from a database written by other means) is a
+    :exc:`ValueError`, never a path out of the var directory.
+    """
+    return os.path.join(config.VAR_DIR, "lists", check_list_id(mlist.list_id))
 
 
 class IncomingRunner(Runner):

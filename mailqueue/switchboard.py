@@ -33,6 +33,9 @@ class Switchboard:
     switchboard sees only the entries whose digest falls in slice *slice*,
     counted from zero.
 
+    An entry may be at most *max_entry_size* bytes, when written and when
+    read.
+
     With *recover*, this switchboard tries to become the *owner* of its
     slice: the one process that recovers the slice's ``.bak`` files.  It
     holds a lock on the slice for as long as it lives; if it gets the lock,
@@ -49,6 +52,7 @@ class Switchboard:
         slice: int | None = None,
         numslices: int = 1,
         recover: bool = False,
+        max_entry_size: int = qfile.MAX_ENTRY_SIZE,
     ) -> None:
         if (
             not isinstance(numslices, int)
@@ -66,6 +70,7 @@ class Switchboard:
         self.queue_directory = queue_directory
         self.slice = slice
         self.numslices = numslices
+        self.max_entry_size = max_entry_size
         # A digest's slice is its top bits: exact integer arithmetic, so
         # every digest is in exactly one slice.
         self._shift = qfile.DIGEST_BITS - (numslices.bit_length() - 1)
@@ -119,6 +124,11 @@ class Switchboard:
         """
         data = dict(metadata or {})
         data.update(kws)
+        odd = [key for key in data if not isinstance(key, str)]
+        if odd:
+            raise TypeError(
+                f"cannot queue metadata with a key that is not text: {odd[0]!r:.40}"
+            )
         plaintext = bool(data.get("_plaintext"))
         stored = {key: value for key, value in data.items() if not key.startswith("_")}
         stored["version"] = qfile.QFILE_SCHEMA_VERSION
@@ -127,8 +137,16 @@ class Switchboard:
             raise TypeError(f"cannot queue a {type(msg).__name__}: not a message")
         message_pickle = qfile.dump_checked(str(msg) if plaintext else msg, "message")
         metadata_pickle = qfile.dump_checked(stored, "metadata")
-        list_id = str(data.get("listid") or data.get("listname") or "--nolist--")
-        filebase = qfile.make_filebase(message_pickle, list_id)
+        size = len(message_pickle) + len(metadata_pickle)
+        if size > self.max_entry_size:
+            raise ValueError(
+                f"cannot queue an entry of {size:,} bytes in the {self.name!r} "
+                f"queue: its limit is {self.max_entry_size:,}"
+            )
+        list_id = data.get("listid") or data.get("listname")
+        filebase = qfile.make_filebase(
+            message_pickle, list_id if isinstance(list_id, str) else "--nolist--"
+        )
         try:
             qfile.write_file(
                 self._path(filebase, ".pck"), (message_pickle, metadata_pickle)
@@ -148,16 +166,30 @@ class Switchboard:
         Raise :exc:`FileNotFoundError` if another process took it first
         (then nothing was touched), and :exc:`~mailqueue.qfile.QueueFileError`
         if it cannot be read safely (then the ``.bak`` stays, to be preserved).
+        A ``.bak`` of the same name that is there already is never replaced:
+        that too is a :exc:`~mailqueue.qfile.QueueFileError`, and then
+        preserving the entry sets that ``.bak`` aside.
         """
-        backup = self._path(filebase, ".bak")
+        queued, backup = self._path(filebase, ".pck"), self._path(filebase, ".bak")
+        if os.path.lexists(backup):
+            # No writer ever makes a .bak while its .pck is there: if both
+            # are, the .bak is a stray, else another process just took it.
+            if os.path.lexists(queued):
+                raise qfile.QueueFileError(f"{filebase}: its .bak exists already")
+            raise FileNotFoundError(errno.ENOENT, "taken by another process", queued)
         # Whoever renames the .pck owns the entry; a loser's rename fails.
-        os.rename(self._path(filebase, ".pck"), backup)
-        msg, data, _ = qfile.load_entry(backup)
+        os.rename(queued, backup)
+        msg, data, _ = qfile.load_entry(backup, self.max_entry_size)
         if data.get("_parsemsg"):
             if not isinstance(msg, str):
                 raise qfile.QueueFileError(f"{filebase}: _parsemsg set, but not text")
             data["original_size"] = len(msg)
-            msg = email.message_from_string(msg, _class=Message)
+            try:
+                msg = email.message_from_string(msg, _class=Message)
+            except Exception as error:
+                raise qfile.QueueFileError(
+                    f"{filebase}: the text is not a message ({type(error).__name__})"
+                ) from None
             msg.original_size = data["original_size"]
         elif isinstance(msg, str):
             raise qfile.QueueFileError(f"{filebase}: text stored without _parsemsg")
@@ -166,24 +198,41 @@ class Switchboard:
     def finish(self, filebase: str, preserve: bool = False) -> None:
         """Finish with *filebase*: remove it, or with *preserve* move it to ``bad``.
 
-        A preserved entry keeps its file base and gets the ``.psv`` extension.
+        A preserved entry keeps its file base and gets the ``.psv``
+        extension, unless ``bad`` holds that name already: then it gets a
+        new file base with the same time, and nothing is replaced.
         """
         source = self._path(filebase, ".bak")
-        if not os.path.exists(source) and os.path.exists(self._path(filebase, ".pck")):
+        if not os.path.lexists(source) and os.path.lexists(
+            self._path(filebase, ".pck")
+        ):
             source = self._path(filebase, ".pck")
         try:
             if preserve:
                 from mailqueue.config import config
 
                 bad = config.switchboards["bad"].queue_directory
-                os.rename(source, os.path.join(bad, filebase + ".psv"))
-                qfile.fsync_directory(bad)
+                self._preserve(source, filebase, bad)
             else:
                 os.unlink(source)
         except OSError:
             elog.exception(
                 "Cannot %s queue file %s", "preserve" if preserve else "remove", source
             )
+
+    def _preserve(self, source: str, filebase: str, bad: str) -> None:
+        target = filebase
+        while os.path.lexists(os.path.join(bad, target + ".psv")):
+            parsed = qfile.parse_filebase(target)
+            when = parsed.when if parsed is not None else None
+            target = qfile.make_filebase(b"", filebase, when)
+        if target != filebase:
+            elog.error(
+                "Preserving %s as %s: bad holds its name already", filebase, target
+            )
+        # Nothing else makes names in bad, so the check above cannot go stale.
+        os.rename(source, os.path.join(bad, target + ".psv"))
+        qfile.fsync_directory(bad)
 
     @property
     def files(self) -> list[str]:
@@ -224,29 +273,40 @@ class Switchboard:
         because it crashed or was killed.  Each recovery is counted in the
         metadata as ``_bak_count``; on the :data:`MAX_BAK_COUNT`-th the
         entry is preserved in the ``bad`` queue instead.  An entry that
-        cannot be read is preserved at once.
+        cannot be read or written back is preserved at once, and recovery
+        goes on with the next: whatever the queue holds, this returns.
         """
         for filebase in self.get_files(".bak"):
-            backup = self._path(filebase, ".bak")
             try:
-                _msg, data, message_pickle = qfile.load_entry(backup)
+                self._recover(filebase)
             except FileNotFoundError:
                 continue
-            except qfile.QueueFileError as error:
-                elog.error("Preserving unreadable backup %s: %s", filebase, error)
+            except Exception as error:
+                elog.error(
+                    "Preserving backup %s: cannot recover it: %s", filebase, error
+                )
                 self.finish(filebase, preserve=True)
-                continue
-            data["_bak_count"] = data.get("_bak_count", 0) + 1
-            if data["_bak_count"] >= MAX_BAK_COUNT:
-                elog.error("Preserving %s: recovered %d times", filebase, MAX_BAK_COUNT)
-                self.finish(filebase, preserve=True)
-                continue
-            metadata_pickle = qfile.dump_checked(data, "metadata")
-            try:
-                # Count first (an atomic replace of the .bak), then requeue:
-                # a crash in between can only count one recovery too many.
-                qfile.write_file(backup, (message_pickle, metadata_pickle))
-                os.rename(backup, self._path(filebase, ".pck"))
-            except OSError as error:
-                if error.errno != errno.ENOENT:
-                    raise
+
+    def _recover(self, filebase: str) -> None:
+        backup = self._path(filebase, ".bak")
+        try:
+            _msg, data, message_pickle = qfile.load_entry(backup, self.max_entry_size)
+        except qfile.QueueFileError as error:
+            elog.error("Preserving unreadable backup %s: %s", filebase, error)
+            self.finish(filebase, preserve=True)
+            return
+        data["_bak_count"] = data.get("_bak_count", 0) + 1
+        if data["_bak_count"] >= MAX_BAK_COUNT:
+            elog.error("Preserving %s: recovered %d times", filebase, MAX_BAK_COUNT)
+            self.finish(filebase, preserve=True)
+            return
+        queued = self._path(filebase, ".pck")
+        if os.path.lexists(queued):
+            elog.error("Preserving backup %s: its .pck exists already", filebase)
+            self.finish(filebase, preserve=True)
+            return
+        metadata_pickle = qfile.dump_checked(data, "metadata")
+        # Count first (an atomic replace of the .bak), then requeue: a crash
+        # in between can only count one recovery too many.
+        qfile.write_file(backup, (message_pickle, metadata_pickle))
+        os.rename(backup, queued)

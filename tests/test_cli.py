@@ -118,7 +118,10 @@ def test_a_wrong_command_line_is_a_usage_error_with_status_2(capsys):
         (["stop"], "no master is running on VAR"),
         (["restart"], "no master is running on VAR"),
         (["qfile", "/nonexistent.pck"], "no such file: /nonexistent.pck"),
-        (["qfile", "GARBAGE"], "garbage.pck: not a queue entry (a damaged pickle: "),
+        (
+            ["qfile", "GARBAGE"],
+            "garbage.pck: not a queue entry: the pickle is truncated",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_status_1(

@@ -1,0 +1,747 @@
+"""Loading pickles from untrusted files: check every opcode first, then build.
+
+A pickle is a program for a small stack machine, and Python's unpickler runs
+it.  Refusing unknown classes (``find_class``) is not enough to make that
+safe: an allowed class can still be called with a number that makes it
+allocate gigabytes (``bytearray(2**32)``), its attributes can be set on the
+class itself (``BUILD``), and a few shared references can stand for more
+objects than memory holds.  So :func:`check` walks the whole opcode stream
+*without building anything*, keeping only a sketch of each object (its kind,
+how deep it is, how large it would be if written out in full), and refuses
+anything that a message and its metadata never need.  Only a stream it
+accepts is given to :class:`SafeUnpickler`, which still builds nothing but
+the allowed classes.
+
+What :func:`check` accepts:
+
+- the opcodes of protocols 0 to 5 that plain data and objects need;
+  never persistent ids, the extension registry, out-of-band buffers,
+  ``INST``, ``OBJ``, ``NEWOBJ_EX`` or ``DUP``;
+- every length within the bytes actually present; memo indices handed out
+  in order;
+- at most :data:`MAX_DEPTH` levels of nesting and :data:`MAX_OBJECTS`
+  objects; a *weight* (one for each object, plus the length of each string,
+  counting a shared object as often as it is referred to, which is what
+  ``str()``, ``repr()`` or hashing would walk) of at most twice the size of
+  the pickle, or :data:`MIN_WEIGHT`;
+- at most :data:`MAX_ODD_KEYS` keys that are not strings in one dict or set
+  (the hashes of strings are salted; those of numbers can be made to
+  collide, which makes building the dict quadratic);
+- calls only to allowed callables with arguments of the kinds they need:
+  no number for ``bytes`` or ``bytearray``, nothing but scalars for the
+  ``datetime`` types and the email defects, no arguments at all when a
+  message class is instantiated;
+- ``BUILD`` only on an object this same pickle made by instantiating a
+  message class or a defect, once, before anything else refers to it, with
+  a dict of string keys: never on a class, a function or a shared object,
+  and never on an email policy (a policy is always ``compat32`` as it is);
+- a class or function only where it is called, never as a value.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copyreg
+import datetime
+import email._policybase
+import email.charset
+import email.errors
+import email.header
+import email.message
+import email.mime.application
+import email.mime.audio
+import email.mime.base
+import email.mime.image
+import email.mime.message
+import email.mime.multipart
+import email.mime.nonmultipart
+import email.mime.text
+import inspect
+import io
+import pickle
+from typing import Any
+
+from mailqueue.message import Message
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_OBJECTS",
+    "MAX_ODD_KEYS",
+    "MIN_WEIGHT",
+    "PickleRefused",
+    "SafeUnpickler",
+    "check",
+    "load",
+]
+
+#: How deeply containers and objects may nest.
+MAX_DEPTH = 100
+#: How many objects one pickle may make.
+MAX_OBJECTS = 1_000_000
+#: How many keys that are not strings one dict or set may hold.
+MAX_ODD_KEYS = 1_000
+#: The weight any pickle may have, however small it is.
+MIN_WEIGHT = 1 << 20
+
+
+class PickleRefused(ValueError):
+    """A pickle that :func:`check` or :class:`SafeUnpickler` will not load."""
+
+
+# What may be built, and how ------------------------------------------------
+
+
+def _bytes_from_text(text: str, encoding: str = "latin1") -> bytes:
+    # Pickle protocols 0 to 2 store bytes as _codecs.encode(text, "latin1").
+    if encoding not in ("latin1", "latin-1"):
+        raise PickleRefused(f"refused to decode bytes with {encoding!r}")
+    return text.encode("latin1")
+
+
+#: Classes whose instances are made without arguments and get their state
+#: from ``BUILD``: messages and what they are made of.
+_MESSAGE_CLASSES: list[type] = [
+    email.message.Message,
+    email.charset.Charset,
+    email.header.Header,
+    email.mime.application.MIMEApplication,
+    email.mime.audio.MIMEAudio,
+    email.mime.base.MIMEBase,
+    email.mime.image.MIMEImage,
+    email.mime.message.MIMEMessage,
+    email.mime.multipart.MIMEMultipart,
+    email.mime.nonmultipart.MIMENonMultipart,
+    email.mime.text.MIMEText,
+    Message,
+]
+_POLICY = email._policybase.Compat32
+_DEFECTS = [
+    value
+    for value in vars(email.errors).values()
+    if inspect.isclass(value) and issubclass(value, email.errors.MessageDefect)
+]
+_VALUES = [
+    datetime.date,
+    datetime.datetime,
+    datetime.time,
+    datetime.timedelta,
+    datetime.timezone,
+]
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    (cls.__module__, cls.__qualname__): cls
+    for cls in [*_MESSAGE_CLASSES, _POLICY, *_DEFECTS, *_VALUES]
+}
+_ALLOWED.update(
+    {
+        # GNU Mailman's message classes are read as ours: their state is
+        # that of an email.message.Message.  Their code is never imported.
+        ("mailman.email.message", "Message"): Message,
+        ("mailman.email.message", "UserNotification"): Message,
+        ("mailman.email.message", "OwnerNotification"): Message,
+        # What protocols 0 to 2 need to rebuild objects and bytes, under both
+        # their Python 3 and their Python 2 module names.
+        ("copyreg", "_reconstructor"): copyreg._reconstructor,
+        ("copy_reg", "_reconstructor"): copyreg._reconstructor,
+        ("builtins", "object"): object,
+        ("__builtin__", "object"): object,
+        ("_codecs", "encode"): _bytes_from_text,
+    }
+)
+for _name in ("set", "frozenset", "bytes", "bytearray"):
+    _ALLOWED["builtins", _name] = getattr(builtins, _name)
+    _ALLOWED["__builtin__", _name] = getattr(builtins, _name)
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that builds nothing but the allowed classes and plain data.
+
+    Use it only on a stream :func:`check` accepted: by itself it does not
+    bound what the allowed classes are asked to do.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[module, name]
+        except KeyError:
+            raise PickleRefused(_refused_global(module, name)) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise PickleRefused("refused a persistent id: queue files are self-contained")
+
+
+def _refused_global(module: str, name: str) -> str:
+    return (
+        f"refused to load {module}.{name}: queue files may hold only "
+        "messages and plain data"
+    )
+
+
+# The sketch of an object ---------------------------------------------------
+
+# Kinds of object.  Scalars are immutable, hashable and contain nothing.
+_INT, _FLOAT, _NONE, _STR, _BYTES, _VALUE = range(6)
+_BYTEARRAY, _LIST, _TUPLE, _DICT, _SET, _FROZENSET, _GLOBAL, _INSTANCE = range(6, 14)
+_SCALARS = frozenset({_INT, _FLOAT, _NONE, _STR, _BYTES, _VALUE})
+_MUTABLE = frozenset({_BYTEARRAY, _LIST, _DICT, _SET, _INSTANCE})
+_KIND_NAMES = ["int", "float", "None", "str", "bytes", "value", "bytearray"]
+_KIND_NAMES += ["list", "tuple", "dict", "set", "frozenset", "global", "object"]
+
+
+class _Node:
+    """What the checker knows of one object the pickle would make.
+
+    *weight* is what writing the object out in full would cost (shared
+    objects counted each time it is referred to); *depth* how deeply it
+    nests.  Once the memo hands out a second reference to a mutable object,
+    or its state is set, it is *frozen*: it may not change any more, so
+    weights stay true and no cycle can be made.
+    """
+
+    __slots__ = (
+        "depth",
+        "frozen",
+        "hashable",
+        "holds_global",
+        "kind",
+        "odd",
+        "value",
+        "weight",
+    )
+
+    def __init__(self, kind: int, weight: int = 1, value: Any = None) -> None:
+        self.kind = kind
+        self.weight = weight
+        self.depth = 0
+        self.frozen = False
+        #: For tuples: whether every item is hashable.
+        self.hashable = True
+        #: For tuples: whether an item is a class or function (only a call
+        #: may take such a tuple).
+        self.holds_global = False
+        #: For containers: how many of the keys or items are not strings.
+        self.odd = 0
+        #: A global's object; a short tuple's items; an instance's class; a
+        #: short string's (start, end) in the data.
+        self.value = value
+
+
+def _hashable(node: _Node) -> bool:
+    if node.kind in _SCALARS or node.kind == _FROZENSET:
+        return True
+    return node.kind == _TUPLE and node.hashable
+
+
+class _Checker:
+    """Walk one pickle's opcodes, keeping a sketch of the stack and the memo."""
+
+    def __init__(self, data: bytes, position: int, max_weight: int) -> None:
+        self.data = data
+        self.position = position
+        self.max_weight = max_weight
+        self.stack: list[_Node] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, _Node] = {}
+        self.objects = 0
+
+    # Errors and bookkeeping ---------------------------------------------
+
+    def refuse(self, why: str) -> PickleRefused:
+        return PickleRefused(
+            f"not a queue entry: the pickle {why} (at byte {self.position})"
+        )
+
+    def new(self, kind: int, weight: int = 1, value: Any = None) -> _Node:
+        self.objects += 1
+        if self.objects > MAX_OBJECTS:
+            raise self.refuse(f"makes more than {MAX_OBJECTS:,} objects")
+        return _Node(kind, weight, value)
+
+    def push(self, kind: int, weight: int = 1, value: Any = None) -> _Node:
+        node = self.new(kind, weight, value)
+        self.stack.append(node)
+        return node
+
+    def pop(self) -> _Node:
+        fence = self.marks[-1] if self.marks else 0
+        if len(self.stack) <= fence:
+            raise self.refuse("takes from an empty stack")
+        return self.stack.pop()
+
+    def top(self) -> _Node:
+        fence = self.marks[-1] if self.marks else 0
+        if len(self.stack) <= fence:
+            raise self.refuse("looks at an empty stack")
+        return self.stack[-1]
+
+    def pop_mark(self) -> list[_Node]:
+        if not self.marks:
+            raise self.refuse("has no mark to go back to")
+        mark = self.marks.pop()
+        items = self.stack[mark:]
+        del self.stack[mark:]
+        return items
+
+    def contain(self, container: _Node, item: _Node) -> None:
+        """Account for *item* going into *container*."""
+        if item.kind == _GLOBAL or item.holds_global:
+            raise self.refuse("holds a class or function as a value")
+        if container.kind == _LIST:
+            container.odd += item.kind not in (_STR, _BYTES)
+        container.weight += item.weight
+        if container.weight > self.max_weight:
+            raise self.refuse(
+                f"would expand to more than {self.max_weight:,} (its weight limit)"
+            )
+        if item.depth >= container.depth:
+            container.depth = item.depth + 1
+            if container.depth > MAX_DEPTH:
+                raise self.refuse(f"nests more than {MAX_DEPTH} levels deep")
+
+    def key(self, container: _Node, key: _Node) -> None:
+        """Account for *key* becoming a key of a dict or a member of a set."""
+        if not _hashable(key):
+            raise self.refuse(f"uses a {_KIND_NAMES[key.kind]} as a key")
+        if key.kind not in (_STR, _BYTES):
+            container.odd += 1
+            if container.odd > MAX_ODD_KEYS:
+                raise self.refuse(
+                    f"has more than {MAX_ODD_KEYS:,} keys that are not strings"
+                )
+
+    def mutable(self, node: _Node, kind: int, what: str) -> None:
+        if node.kind != kind:
+            raise self.refuse(f"{what} a {_KIND_NAMES[node.kind]}")
+        if node.frozen:
+            raise self.refuse(f"{what} an object it refers to elsewhere")
+
+    # Reading arguments ----------------------------------------------------
+
+    def take(self, size: int) -> int:
+        """Skip *size* bytes of argument; return where they start."""
+        start = self.position
+        if size < 0 or start + size > len(self.data):
+            raise self.refuse(f"is truncated (wants {size:,} more bytes)")
+        self.position = start + size
+        return start
+
+    def number(self, size: int) -> int:
+        start = self.take(size)
+        return int.from_bytes(self.data[start : start + size], "little")
+
+    def line(self) -> bytes:
+        end = self.data.find(b"\n", self.position)
+        if end < 0:
+            raise self.refuse("is truncated (a line without its end)")
+        text = self.data[self.position : end]
+        self.position = end + 1
+        return text
+
+    def index(self, text: bytes) -> int:
+        if not 0 < len(text) <= 10 or not text.isdigit():
+            raise self.refuse("has a bad memo index")
+        return int(text)
+
+    def text_of(self, node: _Node) -> str:
+        if node.kind != _STR or node.value is None:
+            raise self.refuse("names a global with something that is not a name")
+        start, end = node.value
+        return self.data[start:end].decode("utf-8", "surrogatepass")
+
+    # The walk ---------------------------------------------------------------
+
+    def run(self) -> tuple[_Node, int]:
+        """Check up to and including STOP; return the result and where it ends."""
+        data = self.data
+        handlers = _HANDLERS
+        while True:
+            if self.position >= len(data):
+                raise self.refuse("is truncated (no STOP)")
+            code = data[self.position]
+            self.position += 1
+            if code == 0x2E:  # STOP
+                if self.marks or len(self.stack) != 1:
+                    raise self.refuse("stops with other than one object")
+                return self.stack[0], self.position
+            handler = handlers.get(code)
+            if handler is None:
+                raise self.refuse(_unused_opcode(code))
+            handler(self)
+
+    # Scalars ------------------------------------------------------------------
+
+    def op_sized(self, kind: int, width: int) -> None:
+        size = self.number(width)
+        start = self.take(size)
+        self.push(kind, 1 + size, (start, start + size) if size <= 255 else None)
+
+    def op_int(self) -> None:
+        self.push(_INT, 1 + len(self.line()))
+
+    def op_float(self) -> None:
+        self.push(_FLOAT, 1 + len(self.line()))
+
+    def op_text_line(self) -> None:
+        # STRING and UNICODE: a quoted or escaped line; never a global's name.
+        self.push(_STR, 1 + len(self.line()))
+
+    # Containers ------------------------------------------------------------
+
+    def op_empty(self, kind: int) -> None:
+        self.push(kind)
+
+    def op_tuple_of(self, count: int) -> None:
+        items = [self.pop() for _ in range(count)][::-1]
+        self.make_tuple(items)
+
+    def op_tuple(self) -> None:
+        self.make_tuple(self.pop_mark())
+
+    def make_tuple(self, items: list[_Node]) -> None:
+        node = self.new(_TUPLE)
+        # A short tuple remembers its items: it may be the arguments of a call.
+        node.value = items if len(items) <= 4 else None
+        for item in items:
+            if item.kind == _GLOBAL or item.holds_global:
+                node.holds_global = True
+                continue
+            self.contain(node, item)
+            node.hashable = node.hashable and _hashable(item)
+            node.odd += item.kind not in (_STR, _BYTES)
+        self.stack.append(node)
+
+    def op_list(self) -> None:
+        node = self.new(_LIST)
+        for item in self.pop_mark():
+            self.contain(node, item)
+        self.stack.append(node)
+
+    def op_dict(self) -> None:
+        node = self.new(_DICT)
+        self.set_items(node, self.pop_mark())
+        self.stack.append(node)
+
+    def op_frozenset(self) -> None:
+        node = self.new(_FROZENSET)
+        for item in self.pop_mark():
+            self.key(node, item)
+            self.contain(node, item)
+        self.stack.append(node)
+
+    def op_append(self) -> None:
+        item = self.pop()
+        target = self.top()
+        self.mutable(target, _LIST, "appends to")
+        self.contain(target, item)
+
+    def op_appends(self) -> None:
+        items = self.pop_mark()
+        target = self.top()
+        self.mutable(target, _LIST, "appends to")
+        for item in items:
+            self.contain(target, item)
+
+    def op_setitem(self) -> None:
+        value = self.pop()
+        key = self.pop()
+        target = self.top()
+        self.mutable(target, _DICT, "sets an item of")
+        self.set_items(target, [key, value])
+
+    def op_setitems(self) -> None:
+        items = self.pop_mark()
+        target = self.top()
+        self.mutable(target, _DICT, "sets an item of")
+        self.set_items(target, items)
+
+    def set_items(self, target: _Node, items: list[_Node]) -> None:
+        if len(items) % 2:
+            raise self.refuse("gives a dict a key without a value")
+        for index in range(0, len(items), 2):
+            self.key(target, items[index])
+            self.contain(target, items[index])
+            self.contain(target, items[index + 1])
+
+    def op_additems(self) -> None:
+        items = self.pop_mark()
+        target = self.top()
+        self.mutable(target, _SET, "adds to")
+        for item in items:
+            self.key(target, item)
+            self.contain(target, item)
+
+    # The stack and the memo ----------------------------------------------
+
+    def op_mark(self) -> None:
+        if len(self.marks) >= MAX_DEPTH:
+            raise self.refuse(f"nests more than {MAX_DEPTH} marks")
+        self.marks.append(len(self.stack))
+
+    def op_pop(self) -> None:
+        self.pop()
+
+    def op_pop_mark(self) -> None:
+        self.pop_mark()
+
+    def op_put(self, width: int) -> None:
+        index = self.index(self.line()) if width == 0 else self.number(width)
+        self.memoize(index)
+
+    def op_memoize(self) -> None:
+        self.memoize(len(self.memo))
+
+    def memoize(self, index: int) -> None:
+        # The pickler numbers memo entries in order; an index far beyond
+        # them would make the unpickler grow its memo to that size.
+        if index > len(self.memo):
+            raise self.refuse(f"memoizes at index {index}, out of order")
+        self.memo[index] = self.top()
+
+    def op_get(self, width: int) -> None:
+        index = self.index(self.line()) if width == 0 else self.number(width)
+        node = self.memo.get(index)
+        if node is None:
+            raise self.refuse(f"refers to memo entry {index}, which was never made")
+        if node.kind in _MUTABLE:
+            node.frozen = True
+        self.stack.append(node)
+
+    # Classes, calls and state ---------------------------------------------
+
+    def op_global(self) -> None:
+        module = self.line().decode("utf-8", "surrogatepass")
+        name = self.line().decode("utf-8", "surrogatepass")
+        self.push_global(module, name)
+
+    def op_stack_global(self) -> None:
+        name = self.text_of(self.pop())
+        module = self.text_of(self.pop())
+        self.push_global(module, name)
+
+    def push_global(self, module: str, name: str) -> None:
+        found = _ALLOWED.get((module, name))
+        if found is None:
+            raise PickleRefused(_refused_global(module, name))
+        self.push(_GLOBAL, 1, found)
+
+    def op_newobj(self) -> None:
+        arguments = self.pop()
+        cls = self.pop()
+        if cls.kind != _GLOBAL or not (
+            cls.value in _MESSAGE_CLASSES or cls.value is _POLICY
+        ):
+            raise self.refuse(f"instantiates {_describe(cls)} with NEWOBJ")
+        if arguments.kind != _TUPLE or arguments.value != []:
+            raise self.refuse("passes arguments to a message class")
+        self.push(_INSTANCE, 1, cls.value)
+
+    def op_reduce(self) -> None:
+        arguments = self.pop()
+        function = self.pop()
+        if function.kind != _GLOBAL:
+            raise self.refuse(f"calls {_describe(function)}")
+        if arguments.kind != _TUPLE or arguments.value is None:
+            raise self.refuse("calls with arguments that are not a short tuple")
+        self.stack.append(self.call(function.value, arguments.value, arguments))
+
+    def call(self, function: Any, arguments: list[_Node], packed: _Node) -> _Node:
+        kinds = [argument.kind for argument in arguments]
+        name = getattr(function, "__name__", "?")
+        if function is copyreg._reconstructor:
+            # _reconstructor(cls, object, None): object.__new__(cls).
+            cls = arguments[0].value if kinds and kinds[0] == _GLOBAL else None
+            if (
+                kinds != [_GLOBAL, _GLOBAL, _NONE]
+                or not (cls in _MESSAGE_CLASSES or cls is _POLICY)
+                or arguments[1].value is not object
+            ):
+                raise self.refuse("rebuilds an object that is not a plain message")
+            return self.new(_INSTANCE, 1, cls)
+        if packed.holds_global:
+            raise self.refuse(f"passes a class or function to {name}")
+        if function in (set, frozenset):
+            if kinds and kinds != [_LIST] and kinds != [_TUPLE]:
+                raise self.refuse(f"makes a {name} from a {_KIND_NAMES[kinds[0]]}")
+            if arguments and arguments[0].odd > MAX_ODD_KEYS:
+                raise self.refuse(
+                    f"has more than {MAX_ODD_KEYS:,} keys that are not strings"
+                )
+            kind = _SET if function is set else _FROZENSET
+        elif function in (bytes, bytearray):
+            # bytes(n) and bytearray(n) allocate n bytes: never a number.
+            if kinds not in ([], [_BYTES], [_LIST], [_TUPLE], [_STR, _STR]):
+                raise self.refuse(
+                    f"calls {name} with "
+                    + ", ".join(_KIND_NAMES[kind] for kind in kinds)
+                )
+            kind = _BYTES if function is bytes else _BYTEARRAY
+        elif function is _bytes_from_text:
+            if kinds not in ([_STR], [_STR, _STR]):
+                raise self.refuse("decodes bytes from something that is not text")
+            kind = _BYTES
+        elif function in _DEFECTS or function in _VALUES:
+            if any(kind not in _SCALARS for kind in kinds):
+                raise self.refuse(f"calls {name} with more than plain values")
+            kind = _INSTANCE if function in _DEFECTS else _VALUE
+        else:
+            raise self.refuse(f"calls {name}, which is never called")
+        node = self.new(kind, 1, function if kind == _INSTANCE else None)
+        for argument in arguments:
+            self.contain(node, argument)
+        if kind == _SET:
+            node.odd = arguments[0].odd if arguments else 0
+        return node
+
+    def op_build(self) -> None:
+        state = self.pop()
+        target = self.top()
+        if target.kind != _INSTANCE:
+            raise self.refuse(f"sets the state of {_describe(target)}")
+        if target.value is _POLICY:
+            raise self.refuse("sets the state of an email policy")
+        if target.frozen:
+            raise self.refuse("sets the state of an object twice or after using it")
+        if state.kind != _DICT or state.odd:
+            raise self.refuse("sets an object's state with other than a dict")
+        self.contain(target, state)
+        target.frozen = True
+
+    def op_proto(self) -> None:
+        if self.number(1) > pickle.HIGHEST_PROTOCOL:
+            raise self.refuse("uses an unknown pickle protocol")
+
+    def op_frame(self) -> None:
+        size = self.number(8)
+        if self.position + size > len(self.data):
+            raise self.refuse(f"is truncated (a frame of {size:,} bytes)")
+
+
+def _describe(node: _Node) -> str:
+    if node.kind == _GLOBAL:
+        return getattr(node.value, "__name__", "a global")
+    if node.kind == _INSTANCE:
+        return f"a {node.value.__name__}"
+    return f"a {_KIND_NAMES[node.kind]}"
+
+
+def _unused_opcode(code: int) -> str:
+    for opcode in _OPCODES_BY_CODE.get(code, ()):
+        return f"uses the {opcode.name} opcode, which queue files never need"
+    return f"is not a pickle (byte {code:#04x} is not an opcode)"
+
+
+_OPCODES_BY_CODE: dict[int, list[Any]] = {}
+
+
+def _opcodes() -> dict[int, Any]:
+    import pickletools
+
+    for opcode in pickletools.opcodes:
+        _OPCODES_BY_CODE.setdefault(ord(opcode.code), []).append(opcode)
+
+    def sized(kind: int, width: int) -> Any:
+        return lambda checker: checker.op_sized(kind, width)
+
+    def fixed(kind: int, width: int) -> Any:
+        def handler(checker: _Checker) -> None:
+            checker.take(width)
+            checker.push(kind, 1 + width)
+
+        return handler
+
+    def const(kind: int) -> Any:
+        return lambda checker: checker.push(kind)
+
+    c = _Checker
+    table = {
+        b"(": c.op_mark,
+        b"0": c.op_pop,
+        b"1": c.op_pop_mark,
+        b"F": c.op_float,
+        b"G": fixed(_FLOAT, 8),
+        b"I": c.op_int,
+        b"J": fixed(_INT, 4),
+        b"K": fixed(_INT, 1),
+        b"L": c.op_int,
+        b"M": fixed(_INT, 2),
+        b"\x8a": sized(_INT, 1),
+        b"\x8b": sized(_INT, 4),
+        b"N": const(_NONE),
+        b"\x88": const(_INT),
+        b"\x89": const(_INT),
+        b"S": c.op_text_line,
+        b"V": c.op_text_line,
+        b"T": sized(_STR, 4),
+        b"U": sized(_STR, 1),
+        b"X": sized(_STR, 4),
+        b"\x8c": sized(_STR, 1),
+        b"\x8d": sized(_STR, 8),
+        b"B": sized(_BYTES, 4),
+        b"C": sized(_BYTES, 1),
+        b"\x8e": sized(_BYTES, 8),
+        b"\x96": sized(_BYTEARRAY, 8),
+        b"]": const(_LIST),
+        b")": lambda checker: checker.make_tuple([]),
+        b"}": const(_DICT),
+        b"\x8f": const(_SET),
+        b"l": c.op_list,
+        b"t": c.op_tuple,
+        b"\x85": lambda checker: checker.op_tuple_of(1),
+        b"\x86": lambda checker: checker.op_tuple_of(2),
+        b"\x87": lambda checker: checker.op_tuple_of(3),
+        b"d": c.op_dict,
+        b"\x91": c.op_frozenset,
+        b"a": c.op_append,
+        b"e": c.op_appends,
+        b"s": c.op_setitem,
+        b"u": c.op_setitems,
+        b"\x90": c.op_additems,
+        b"p": lambda checker: checker.op_put(0),
+        b"q": lambda checker: checker.op_put(1),
+        b"r": lambda checker: checker.op_put(4),
+        b"\x94": c.op_memoize,
+        b"g": lambda checker: checker.op_get(0),
+        b"h": lambda checker: checker.op_get(1),
+        b"j": lambda checker: checker.op_get(4),
+        b"c": c.op_global,
+        b"\x93": c.op_stack_global,
+        b"\x81": c.op_newobj,
+        b"R": c.op_reduce,
+        b"b": c.op_build,
+        b"\x80": c.op_proto,
+        b"\x95": c.op_frame,
+    }
+    return {code[0]: handler for code, handler in table.items()}
+
+
+_HANDLERS = _opcodes()
+
+
+# The entry points -----------------------------------------------------------
+
+
+def check(data: bytes, position: int = 0) -> tuple[str, int]:
+    """Check the pickle in *data* that starts at *position*, building nothing.
+
+    Return what it would make (``"message"``, ``"text"``, ``"dict"`` with
+    string keys, or ``"other"``) and the position just after its STOP.
+    Raise :exc:`PickleRefused` if it breaks any of the rules above.
+    """
+    checker = _Checker(data, position, max(2 * (len(data) - position), MIN_WEIGHT))
+    result, end = checker.run()
+    if result.kind == _INSTANCE and issubclass(result.value, email.message.Message):
+        made = "message"
+    elif result.kind == _STR:
+        made = "text"
+    elif result.kind == _DICT and not result.odd:
+        made = "dict"
+    else:
+        made = "other"
+    return made, end
+
+
+def load(data: bytes, position: int = 0) -> Any:
+    """Build the pickle in *data* at *position*, which :func:`check` accepted."""
+    stream = io.BytesIO(data)
+    stream.seek(position)
+    return SafeUnpickler(stream).load()
