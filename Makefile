@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help test docs docs-check lint bench conformance conformance-results interop clean
+.PHONY: help test docs docs-check lint bench fuzz conformance conformance-results interop clean
 
 help:
 	@echo "make test   run the spec (docs/*.rst) and the tests"
@@ -15,6 +15,8 @@ help:
 	@echo "make docs-check  load every page in headless Chromium, check links and search"
 	@echo "make lint   check the code with ruff"
 	@echo "make bench  print what the queue costs on this machine"
+	@echo "make fuzz   the full hostile-file run (10,000+ cases, a few minutes);"
+	@echo "            its figures go to docs/reliability-run.json"
 	@echo "make conformance IMPL=NAME  run the spec against an implementation"
 	@echo "                 (mailqueue, mailman, or package.module:adapter)"
 	@echo "make interop     exchange queue files between mailqueue and GNU Mailman"
@@ -62,6 +64,10 @@ docs-check: docs
 lint: $(STAMP)
 	$(BIN)/ruff check mailqueue tests docs conftest.py
 	$(BIN)/ruff format --check mailqueue tests docs conftest.py
+
+# The full hostile-file run; make test runs a reduced one (tests/hostile).
+fuzz: $(STAMP)
+	$(BIN)/python tests/hostile/fuzz.py --cases 10000 --report docs/reliability-run.json
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_queue.py

@@ -16,6 +16,7 @@ extensions = [
     "sphinx_copybutton",
     "levels",
     "conformance_results",
+    "hostile_run",
 ]
 
 html_theme = "furo"

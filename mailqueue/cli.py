@@ -325,21 +325,27 @@ def _unshunt(arguments: argparse.Namespace, config_file: str | None) -> int:
             print(f"discarded {filebase}")
             continue
         target = msgdata.pop("whichq", None)
-        if (
-            not isinstance(target, str)
-            or target not in config.switchboards
-            or target in ("shunt", "bad")
-        ):
-            # Nowhere to send it: it stays in shunt, under a new file base.
-            shunt.enqueue(msg, msgdata, whichq=target)
-            shunt.finish(filebase)
+        known = isinstance(target, str) and target in config.switchboards
+        try:
+            if not known or target in ("shunt", "bad"):
+                # Nowhere to send it: it stays in shunt, under a new file base.
+                shunt.enqueue(msg, msgdata, whichq=target)
+                shunt.finish(filebase)
+                print(
+                    f"mailqueue: error: {filebase} names no queue to go back to "
+                    f"(whichq {target!r:.80}); left in shunt",
+                    file=sys.stderr,
+                )
+                continue
+            new_filebase = config.switchboards[target].enqueue(msg, msgdata)
+        except (TypeError, ValueError) as error:
+            # What a queue file held that cannot be queued again.
+            shunt.finish(filebase, preserve=True)
             print(
-                f"mailqueue: error: {filebase} names no queue to go back to "
-                f"(whichq {target!r:.80}); left in shunt",
-                file=sys.stderr,
+                f"mailqueue: error: {filebase}: {error}; moved to bad", file=sys.stderr
             )
+            status = 1
             continue
-        new_filebase = config.switchboards[target].enqueue(msg, msgdata)
         shunt.finish(filebase)
         print(f"moved {filebase} to {target} as {new_filebase}")
     return status

@@ -230,9 +230,12 @@ def load_entry(
 
 
 def _check_reserved_keys(metadata: dict[str, Any]) -> None:
+    # The keys this implementation acts on must be what it writes.
     count = metadata.get("_bak_count", 0)
     if type(count) is not int or count < 0:
-        raise QueueFileError(f"_bak_count is {type(count).__name__} {count!r:.40}")
+        raise QueueFileError(f"_bak_count is a {type(count).__name__}, not a count")
+    if type(metadata.get("_parsemsg", False)) not in (bool, int):
+        raise QueueFileError("_parsemsg is not a flag")
 
 
 def write_file(path: str, parts: tuple[bytes, ...]) -> None:

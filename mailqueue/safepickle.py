@@ -237,7 +237,7 @@ class _Checker:
 
     def __init__(self, data: bytes, position: int, max_weight: int) -> None:
         self.data = data
-        self.position = position
+        self.start = self.position = self.opcode = position
         self.max_weight = max_weight
         self.stack: list[_Node] = []
         self.marks: list[int] = []
@@ -247,9 +247,9 @@ class _Checker:
     # Errors and bookkeeping ---------------------------------------------
 
     def refuse(self, why: str) -> PickleRefused:
-        return PickleRefused(
-            f"not a queue entry: the pickle {why} (at byte {self.position})"
-        )
+        # Where the opcode being checked starts, counted from the pickle's start.
+        where = self.opcode - self.start
+        return PickleRefused(f"not a queue entry: the pickle {why} (at byte {where})")
 
     def new(self, kind: int, weight: int = 1, value: Any = None) -> _Node:
         self.objects += 1
@@ -357,6 +357,7 @@ class _Checker:
         while True:
             if self.position >= len(data):
                 raise self.refuse("is truncated (no STOP)")
+            self.opcode = self.position
             code = data[self.position]
             self.position += 1
             if code == 0x2E:  # STOP

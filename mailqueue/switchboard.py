@@ -129,13 +129,17 @@ class Switchboard:
             raise TypeError(
                 f"cannot queue metadata with a key that is not text: {odd[0]!r:.40}"
             )
-        plaintext = bool(data.get("_plaintext"))
+        # Metadata may come from a queue file: never ask an object of it for
+        # its truth, only plain flags and text are taken.
+        plaintext = _flag(data.get("_plaintext"))
         stored = {key: value for key, value in data.items() if not key.startswith("_")}
         stored["version"] = qfile.QFILE_SCHEMA_VERSION
         stored["_parsemsg"] = plaintext
         if not isinstance(msg, email.message.Message):
             raise TypeError(f"cannot queue a {type(msg).__name__}: not a message")
-        message_pickle = qfile.dump_checked(str(msg) if plaintext else msg, "message")
+        message_pickle = qfile.dump_checked(
+            _as_text(msg) if plaintext else msg, "message"
+        )
         metadata_pickle = qfile.dump_checked(stored, "metadata")
         size = len(message_pickle) + len(metadata_pickle)
         if size > self.max_entry_size:
@@ -143,10 +147,9 @@ class Switchboard:
                 f"cannot queue an entry of {size:,} bytes in the {self.name!r} "
                 f"queue: its limit is {self.max_entry_size:,}"
             )
-        list_id = data.get("listid") or data.get("listname")
-        filebase = qfile.make_filebase(
-            message_pickle, list_id if isinstance(list_id, str) else "--nolist--"
-        )
+        names = [data.get(key) for key in ("listid", "listname")]
+        list_id = next((name for name in names if isinstance(name, str) and name), "")
+        filebase = qfile.make_filebase(message_pickle, list_id or "--nolist--")
         try:
             qfile.write_file(
                 self._path(filebase, ".pck"), (message_pickle, metadata_pickle)
@@ -180,7 +183,7 @@ class Switchboard:
         # Whoever renames the .pck owns the entry; a loser's rename fails.
         os.rename(queued, backup)
         msg, data, _ = qfile.load_entry(backup, self.max_entry_size)
-        if data.get("_parsemsg"):
+        if _flag(data.get("_parsemsg")):
             if not isinstance(msg, str):
                 raise qfile.QueueFileError(f"{filebase}: _parsemsg set, but not text")
             data["original_size"] = len(msg)
@@ -310,3 +313,17 @@ class Switchboard:
         # in between can only count one recovery too many.
         qfile.write_file(backup, (message_pickle, metadata_pickle))
         os.rename(backup, queued)
+
+
+def _flag(value: Any) -> bool:
+    """A flag from metadata: true only for ``True`` or a non-zero integer."""
+    return type(value) in (bool, int) and value != 0
+
+
+def _as_text(msg: email.message.Message) -> str:
+    try:
+        return str(msg)
+    except Exception as error:
+        raise TypeError(
+            f"cannot queue this message as text: {type(error).__name__}"
+        ) from None

@@ -1,0 +1,69 @@
+"""The ``hostile-run`` directive: the figures of the last full hostile-file run.
+
+It reads the JSON report that ``make fuzz`` writes (docs/reliability-run.json),
+so the published figures always come from a real run.
+"""
+
+import json
+from pathlib import Path
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.util.docutils import SphinxDirective
+
+#: The figures, in the order shown, and what each counts.
+FIGURES = [
+    ("cases", "cases run, each through every path"),
+    ("code executed", "cases whose code ran"),
+    ("crashes", "cases that crashed a process or raised out of a path"),
+    ("hangs", "cases that ran longer than 10 s"),
+    ("memory over the limit", "cases that went over 1 GiB"),
+    ("later entries harmed", "cases after which the next entry came out different"),
+    ("files lost", "cases after which an entry was missing"),
+    ("files preserved", "cases set aside in bad, as they should be"),
+]
+
+
+class HostileRun(SphinxDirective):
+    required_arguments = 1  # the report, relative to this document
+
+    def run(self):
+        path = Path(self.env.doc2path(self.env.docname)).parent / self.arguments[0]
+        if not path.exists():
+            raise self.error(f"no hostile-run report at {path}: run make fuzz")
+        self.env.note_dependency(str(path))
+        report = json.loads(path.read_text())
+        run = report["run"]
+        sources = ", ".join(
+            f"{count:,} {source}" for source, count in report["by source"].items()
+        )
+        lines = [
+            f"Run on {run['date']} with Python {run['python']}, mailqueue "
+            f"{run['mailqueue']}: ``{run['command']}``, {run['limits']}; "
+            f"{report['seconds']:,} s in all.",
+            "",
+            ".. list-table::",
+            "   :header-rows: 1",
+            "",
+            "   * - figure",
+            "     - count",
+            "     - what it counts",
+        ]
+        for key, meaning in FIGURES:
+            lines += [f"   * - {key}", f"     - {report[key]:,}", f"     - {meaning}"]
+        lines += [
+            "",
+            f"The cases by source: {sources}.  The slowest case "
+            f"(``{report['slowest case']}``) took {report['slowest case (s)']} s for "
+            f"all its paths; the largest child process "
+            f"(``{report['largest case']}``) held {report['largest case (MiB)']} MiB.",
+            "",
+        ]
+        container = nodes.container(classes=["hostile-run"])
+        self.state.nested_parse(StringList(lines), self.content_offset, container)
+        return [container]
+
+
+def setup(app):
+    app.add_directive("hostile-run", HostileRun)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
