@@ -226,7 +226,27 @@ class _Node:
         self.value = value
 
 
-def _hashable(node: _Node) -> bool:
+class _Scalar:
+    """A scalar: an int, float, None, string or bytes (the most common node).
+
+    It never contains anything or changes, so it has only what varies.
+    """
+
+    __slots__ = ("kind", "value", "weight")
+    depth = 0
+    frozen = False
+    hashable = True
+    holds_global = False
+    odd = 0
+
+    def __init__(self, kind: int, weight: int, value: Any = None) -> None:
+        self.kind = kind
+        self.weight = weight
+        #: A short string's (start, end) in the data.
+        self.value = value
+
+
+def _hashable(node: _Node | _Scalar) -> bool:
     if node.kind in _SCALARS or node.kind == _FROZENSET:
         return True
     return node.kind == _TUPLE and node.hashable
@@ -235,13 +255,29 @@ def _hashable(node: _Node) -> bool:
 class _Checker:
     """Walk one pickle's opcodes, keeping a sketch of the stack and the memo."""
 
+    __slots__ = (
+        "data",
+        "fence",
+        "marks",
+        "max_weight",
+        "memo",
+        "objects",
+        "opcode",
+        "position",
+        "stack",
+        "start",
+    )
+
     def __init__(self, data: bytes, position: int, max_weight: int) -> None:
         self.data = data
         self.start = self.position = self.opcode = position
         self.max_weight = max_weight
         self.stack: list[_Node] = []
         self.marks: list[int] = []
-        self.memo: dict[int, _Node] = {}
+        #: Where the items after the last mark start: the stack below is out of reach.
+        self.fence = 0
+        #: The memo: the pickler numbers its entries 0, 1, 2 ... in order.
+        self.memo: list[_Node | _Scalar] = []
         self.objects = 0
 
     # Errors and bookkeeping ---------------------------------------------
@@ -262,15 +298,27 @@ class _Checker:
         self.stack.append(node)
         return node
 
+    def scalar(self, kind: int, weight: int, value: Any = None) -> None:
+        """Push a new scalar."""
+        self.objects += 1
+        if self.objects > MAX_OBJECTS:
+            raise self.refuse(f"makes more than {MAX_OBJECTS:,} objects")
+        self.stack.append(_Scalar(kind, weight, value))
+
     def pop(self) -> _Node:
-        fence = self.marks[-1] if self.marks else 0
-        if len(self.stack) <= fence:
+        if len(self.stack) <= self.fence:
             raise self.refuse("takes from an empty stack")
         return self.stack.pop()
 
+    def pop_items(self, count: int) -> list[_Node]:
+        if len(self.stack) - count < self.fence:
+            raise self.refuse("takes from an empty stack")
+        items = self.stack[-count:]
+        del self.stack[-count:]
+        return items
+
     def top(self) -> _Node:
-        fence = self.marks[-1] if self.marks else 0
-        if len(self.stack) <= fence:
+        if len(self.stack) <= self.fence:
             raise self.refuse("looks at an empty stack")
         return self.stack[-1]
 
@@ -278,36 +326,50 @@ class _Checker:
         if not self.marks:
             raise self.refuse("has no mark to go back to")
         mark = self.marks.pop()
+        self.fence = self.marks[-1] if self.marks else 0
         items = self.stack[mark:]
         del self.stack[mark:]
         return items
 
-    def contain(self, container: _Node, item: _Node) -> None:
-        """Account for *item* going into *container*."""
-        if item.kind == _GLOBAL or item.holds_global:
-            raise self.refuse("holds a class or function as a value")
-        if container.kind == _LIST:
-            container.odd += item.kind not in (_STR, _BYTES)
-        container.weight += item.weight
-        if container.weight > self.max_weight:
+    def contain(self, container: _Node, items: list[_Node | _Scalar]) -> None:
+        """Account for *items* going into *container*: weight, depth, globals."""
+        weight = container.weight
+        depth = container.depth
+        odd = 0
+        for item in items:
+            kind = item.kind
+            if kind == _GLOBAL or item.holds_global:
+                raise self.refuse("holds a class or function as a value")
+            weight += item.weight
+            if item.depth >= depth:
+                depth = item.depth + 1
+            if kind != _STR and kind != _BYTES:
+                odd += 1
+        if weight > self.max_weight:
             raise self.refuse(
                 f"would expand to more than {self.max_weight:,} (its weight limit)"
             )
-        if item.depth >= container.depth:
-            container.depth = item.depth + 1
-            if container.depth > MAX_DEPTH:
-                raise self.refuse(f"nests more than {MAX_DEPTH} levels deep")
+        if depth > MAX_DEPTH:
+            raise self.refuse(f"nests more than {MAX_DEPTH} levels deep")
+        container.weight = weight
+        container.depth = depth
+        if container.kind == _LIST:
+            # For a set made from the list: how many items hash unsalted.
+            container.odd += odd
 
-    def key(self, container: _Node, key: _Node) -> None:
-        """Account for *key* becoming a key of a dict or a member of a set."""
-        if not _hashable(key):
-            raise self.refuse(f"uses a {_KIND_NAMES[key.kind]} as a key")
-        if key.kind not in (_STR, _BYTES):
+    def keys(self, container: _Node, keys: list[_Node | _Scalar]) -> None:
+        """Account for *keys* becoming keys of a dict or members of a set."""
+        for key in keys:
+            kind = key.kind
+            if kind in (_STR, _BYTES):
+                continue
+            if not _hashable(key):
+                raise self.refuse(f"uses a {_KIND_NAMES[kind]} as a key")
             container.odd += 1
-            if container.odd > MAX_ODD_KEYS:
-                raise self.refuse(
-                    f"has more than {MAX_ODD_KEYS:,} keys that are not strings"
-                )
+        if container.odd > MAX_ODD_KEYS:
+            raise self.refuse(
+                f"has more than {MAX_ODD_KEYS:,} keys that are not strings"
+            )
 
     def mutable(self, node: _Node, kind: int, what: str) -> None:
         if node.kind != kind:
@@ -353,38 +415,80 @@ class _Checker:
     def run(self) -> tuple[_Node, int]:
         """Check up to and including STOP; return the result and where it ends."""
         data = self.data
+        end = len(data)
+        stack = self.stack
+        memo = self.memo
         handlers = _HANDLERS
+        position = self.position
         while True:
-            if self.position >= len(data):
+            if position >= end:
+                self.opcode = position
                 raise self.refuse("is truncated (no STOP)")
-            self.opcode = self.position
-            code = data[self.position]
-            self.position += 1
+            code = data[position]
+            # The two opcodes that make up most of a message's pickle are
+            # checked here, without a call: the same as op_memoize and
+            # op_sized(_STR, 1).
+            if code == 0x94:  # MEMOIZE
+                if len(stack) <= self.fence:
+                    self.opcode = position
+                    raise self.refuse("looks at an empty stack")
+                memo.append(stack[-1])
+                position += 1
+                continue
+            if code == 0x8C and position + 1 < end:  # SHORT_BINUNICODE
+                start = position + 2
+                stop = start + data[position + 1]
+                if stop > end:
+                    self.opcode = position
+                    raise self.refuse(f"is truncated (wants {stop - end:,} more bytes)")
+                self.objects += 1
+                if self.objects > MAX_OBJECTS:
+                    self.opcode = position
+                    raise self.refuse(f"makes more than {MAX_OBJECTS:,} objects")
+                stack.append(_Scalar(_STR, stop - start + 1, (start, stop)))
+                position = stop
+                continue
+            self.opcode = position
+            self.position = position + 1
             if code == 0x2E:  # STOP
-                if self.marks or len(self.stack) != 1:
+                if self.marks or len(stack) != 1:
                     raise self.refuse("stops with other than one object")
-                return self.stack[0], self.position
+                return stack[0], position + 1
             handler = handlers.get(code)
             if handler is None:
                 raise self.refuse(_unused_opcode(code))
             handler(self)
+            position = self.position
 
     # Scalars ------------------------------------------------------------------
 
     def op_sized(self, kind: int, width: int) -> None:
-        size = self.number(width)
-        start = self.take(size)
-        self.push(kind, 1 + size, (start, start + size) if size <= 255 else None)
+        # A length of *width* bytes, then that many bytes.
+        start = self.position + width
+        if start > len(self.data):
+            raise self.refuse("is truncated (in a length)")
+        size = int.from_bytes(self.data[self.position : start], "little")
+        end = start + size
+        if end > len(self.data):
+            raise self.refuse(f"is truncated (wants {size:,} more bytes)")
+        self.position = end
+        self.scalar(kind, 1 + size, (start, end) if size <= 255 else None)
+
+    def op_fixed(self, kind: int, width: int) -> None:
+        self.position += width
+        if self.position > len(self.data):
+            raise self.refuse(f"is truncated (wants {width} more bytes)")
+        self.scalar(kind, 1 + width)
 
     def op_int(self) -> None:
-        self.push(_INT, 1 + len(self.line()))
+        self.scalar(_INT, 1 + len(self.line()))
 
     def op_float(self) -> None:
-        self.push(_FLOAT, 1 + len(self.line()))
+        self.scalar(_FLOAT, 1 + len(self.line()))
 
     def op_text_line(self) -> None:
         # STRING and UNICODE: a quoted or escaped line; never a global's name.
-        self.push(_STR, 1 + len(self.line()))
+        self.scalar(_STR, 1 + len(self.line()))
 
     # Containers ------------------------------------------------------------
 
@@ -392,29 +496,29 @@ class _Checker:
         self.push(kind)
 
     def op_tuple_of(self, count: int) -> None:
-        items = [self.pop() for _ in range(count)][::-1]
-        self.make_tuple(items)
+        self.make_tuple(self.pop_items(count))
 
     def op_tuple(self) -> None:
         self.make_tuple(self.pop_mark())
 
-    def make_tuple(self, items: list[_Node]) -> None:
+    def make_tuple(self, items: list[_Node | _Scalar]) -> None:
         node = self.new(_TUPLE)
-        # A short tuple remembers its items: it may be the arguments of a call.
+        # A short tuple remembers its items: it may be the arguments of a
+        # call, and only a call may take a class or function.
         node.value = items if len(items) <= 4 else None
-        for item in items:
-            if item.kind == _GLOBAL or item.holds_global:
-                node.holds_global = True
-                continue
-            self.contain(node, item)
-            node.hashable = node.hashable and _hashable(item)
-            node.odd += item.kind not in (_STR, _BYTES)
+        values = [
+            item for item in items if item.kind != _GLOBAL and not item.holds_global
+        ]
+        if len(values) != len(items):
+            node.holds_global = True
+        self.contain(node, values)
+        node.odd = sum(item.kind != _STR and item.kind != _BYTES for item in values)
+        node.hashable = all(map(_hashable, values))
         self.stack.append(node)
 
     def op_list(self) -> None:
         node = self.new(_LIST)
-        for item in self.pop_mark():
-            self.contain(node, item)
+        self.contain(node, self.pop_mark())
         self.stack.append(node)
 
     def op_dict(self) -> None:
@@ -424,23 +528,22 @@ class _Checker:
 
     def op_frozenset(self) -> None:
         node = self.new(_FROZENSET)
-        for item in self.pop_mark():
-            self.key(node, item)
-            self.contain(node, item)
+        items = self.pop_mark()
+        self.keys(node, items)
+        self.contain(node, items)
         self.stack.append(node)
 
     def op_append(self) -> None:
         item = self.pop()
         target = self.top()
         self.mutable(target, _LIST, "appends to")
-        self.contain(target, item)
+        self.contain(target, [item])
 
     def op_appends(self) -> None:
         items = self.pop_mark()
         target = self.top()
         self.mutable(target, _LIST, "appends to")
-        for item in items:
-            self.contain(target, item)
+        self.contain(target, items)
 
     def op_setitem(self) -> None:
         value = self.pop()
@@ -458,25 +561,23 @@ class _Checker:
     def set_items(self, target: _Node, items: list[_Node]) -> None:
         if len(items) % 2:
             raise self.refuse("gives a dict a key without a value")
-        for index in range(0, len(items), 2):
-            self.key(target, items[index])
-            self.contain(target, items[index])
-            self.contain(target, items[index + 1])
+        self.keys(target, items[::2])
+        self.contain(target, items)
 
     def op_additems(self) -> None:
         items = self.pop_mark()
         target = self.top()
         self.mutable(target, _SET, "adds to")
-        for item in items:
-            self.key(target, item)
-            self.contain(target, item)
+        self.keys(target, items)
+        self.contain(target, items)
 
     # The stack and the memo ----------------------------------------------
 
     def op_mark(self) -> None:
         if len(self.marks) >= MAX_DEPTH:
             raise self.refuse(f"nests more than {MAX_DEPTH} marks")
-        self.marks.append(len(self.stack))
+        self.fence = len(self.stack)
+        self.marks.append(self.fence)
 
     def op_pop(self) -> None:
         self.pop()
@@ -489,18 +590,23 @@ class _Checker:
         self.memoize(index)
 
     def op_memoize(self) -> None:
-        self.memoize(len(self.memo))
+        if len(self.stack) <= self.fence:
+            raise self.refuse("looks at an empty stack")
+        self.memo.append(self.stack[-1])
 
     def memoize(self, index: int) -> None:
-        # The pickler numbers memo entries in order; an index far beyond
-        # them would make the unpickler grow its memo to that size.
+        # An index far beyond the entries made so far would make the
+        # unpickler grow its memo to that size.
         if index > len(self.memo):
             raise self.refuse(f"memoizes at index {index}, out of order")
-        self.memo[index] = self.top()
+        if index == len(self.memo):
+            self.memo.append(self.top())
+        else:
+            self.memo[index] = self.top()
 
     def op_get(self, width: int) -> None:
         index = self.index(self.line()) if width == 0 else self.number(width)
-        node = self.memo.get(index)
+        node = self.memo[index] if index < len(self.memo) else None
         if node is None:
             raise self.refuse(f"refers to memo entry {index}, which was never made")
         if node.kind in _MUTABLE:
@@ -587,8 +693,7 @@ class _Checker:
         else:
             raise self.refuse(f"calls {name}, which is never called")
         node = self.new(kind, 1, function if kind == _INSTANCE else None)
-        for argument in arguments:
-            self.contain(node, argument)
+        self.contain(node, arguments)
         if kind == _SET:
             node.odd = arguments[0].odd if arguments else 0
         return node
@@ -604,7 +709,7 @@ class _Checker:
             raise self.refuse("sets the state of an object twice or after using it")
         if state.kind != _DICT or state.odd:
             raise self.refuse("sets an object's state with other than a dict")
-        self.contain(target, state)
+        self.contain(target, [state])
         target.frozen = True
 
     def op_proto(self) -> None:
@@ -644,11 +749,10 @@ def _opcodes() -> dict[int, Any]:
         return lambda checker: checker.op_sized(kind, width)
 
     def fixed(kind: int, width: int) -> Any:
-        def handler(checker: _Checker) -> None:
-            checker.take(width)
-            checker.push(kind, 1 + width)
+        return lambda checker: checker.op_fixed(kind, width)
 
-        return handler
+    def scalar(kind: int) -> Any:
+        return lambda checker: checker.scalar(kind, 1)
 
     def const(kind: int) -> Any:
         return lambda checker: checker.push(kind)
@@ -667,9 +771,9 @@ def _opcodes() -> dict[int, Any]:
         b"M": fixed(_INT, 2),
         b"\x8a": sized(_INT, 1),
         b"\x8b": sized(_INT, 4),
-        b"N": const(_NONE),
-        b"\x88": const(_INT),
-        b"\x89": const(_INT),
+        b"N": scalar(_NONE),
+        b"\x88": scalar(_INT),
+        b"\x89": scalar(_INT),
         b"S": c.op_text_line,
         b"V": c.op_text_line,
         b"T": sized(_STR, 4),
