@@ -29,8 +29,11 @@ exclude_patterns = ["_build"]
 nitpicky = True
 # The build is offline, so there is no intersphinx inventory of the standard
 # library; references to its classes in signatures are left unresolved.
-# (pytest's classes appear in the conformance report's signatures.)
-_UNRESOLVED = "collections email datetime sqlite3 types typing logging pathlib pytest"
+# (pytest's classes appear in the conformance report's signatures, and
+# pickle.Unpickler as the base of safepickle.SafeUnpickler.)
+_UNRESOLVED = (
+    "collections email datetime sqlite3 types typing logging pathlib pytest pickle"
+)
 nitpick_ignore_regex = [
     (r"py:.*", rf"_?({'|'.join(_UNRESOLVED.split())})(\..*)?"),
 ]

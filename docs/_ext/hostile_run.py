@@ -20,7 +20,11 @@ FIGURES = [
     ("memory over the limit", "cases that went over 1 GiB"),
     ("later entries harmed", "cases after which the next entry came out different"),
     ("files lost", "cases after which an entry was missing"),
-    ("files preserved", "cases set aside in bad, as they should be"),
+    (
+        "files preserved",
+        "cases whose file was set aside in bad (the others were queued, "
+        "delivered or left alone as harmless)",
+    ),
 ]
 
 
