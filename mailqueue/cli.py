@@ -153,11 +153,16 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
         print(f"no master is running on {config.VAR_DIR}")
         return 1
     print(f"mailqueue master running (pid {pid}) on {config.VAR_DIR}")
+    given_up = 0
     for spec, runner in master_status().get("runners", {}).items():
+        state = runner.get("state", "running")
+        given_up += state == "given up"
         print(
-            f"  runner {spec:<12} pid {runner['pid']:<8} restarts {runner['restarts']}"
+            f"  runner {spec:<12} {state:<11} pid {runner['pid'] or '-'!s:<8} "
+            f"restarts {runner['restarts']}"
         )
-    return 0
+    # A monitoring check can rely on the status: a slice given up is down.
+    return 1 if given_up else 0
 
 
 def _restart(arguments: argparse.Namespace, config_file: str | None) -> int:
@@ -184,6 +189,12 @@ def _runner(arguments: argparse.Namespace, config_file: str | None) -> int:
     with logging_to(config.LOG_DIR):
         runner = runner_class(name, slice)
         if arguments.once:
+            board = runner.switchboard
+            if board is not None and not board.owned_here:
+                raise CommandError(
+                    f"{arguments.spec}: its slice is owned by {board.owner_id()}; "
+                    "not taking its entries"
+                )
             found = runner._one_iteration()
             runner._clean_up()
             print(f"{name}: {found} {'entry' if found == 1 else 'entries'}")
@@ -352,13 +363,16 @@ def _unshunt(arguments: argparse.Namespace, config_file: str | None) -> int:
 
 
 def _queue_counts() -> dict[str, dict[str, int]]:
-    return {
-        name: {
-            extension[1:]: len(config.switchboards[name].get_files(extension))
+    counts = {}
+    for name in sorted(config.switchboards):
+        queue = config.switchboards[name]
+        counts[name] = {
+            extension[1:]: len(queue.get_files(extension))
             for extension in (".pck", ".bak", ".psv")
         }
-        for name in sorted(config.switchboards)
-    }
+        # Entries being written, or left by a writer that died.
+        counts[name]["tmp"] = len(queue.get_temporary_files())
+    return counts
 
 
 def _queues(arguments: argparse.Namespace, config_file: str | None) -> int:
@@ -384,9 +398,12 @@ def _print_queues(as_json: bool) -> None:
     if as_json:
         print(json.dumps(counts, indent=2))
         return
-    print(f"{'queue':<10}{'.pck':>8}{'.bak':>8}{'.psv':>8}")
+    print(f"{'queue':<10}{'.pck':>8}{'.bak':>8}{'.psv':>8}{'.tmp':>8}")
     for name, count in counts.items():
-        print(f"{name:<10}{count['pck']:>8}{count['bak']:>8}{count['psv']:>8}")
+        print(
+            f"{name:<10}{count['pck']:>8}{count['bak']:>8}{count['psv']:>8}"
+            f"{count['tmp']:>8}"
+        )
 
 
 def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:

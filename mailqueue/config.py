@@ -13,7 +13,9 @@ section matter:
 ``[queues]``
     ``max_entry_size``: the largest queue entry that is written or read, in
     bytes or with a unit (``32MiB``, ``500KB``); a larger file is set aside
-    in the ``bad`` queue.
+    in the ``bad`` queue.  ``stale_tmp_after``: how old a ``.tmp`` file
+    must be before the owner of its slice removes it (a writer that died
+    left it).
 
 ``[runner.NAME]``
     One per runner, and so one per queue.  Keys not given take the
@@ -46,6 +48,7 @@ RUNNER_DEFAULTS = {
     "path": "$QUEUE_DIR/$name",
     "instances": "1",
     "max_restarts": "10",
+    "restart_window": "10m",
     "sleep_time": "1s",
     "start": "yes",
 }
@@ -59,6 +62,7 @@ log_dir: $VAR_DIR/logs
 
 [queues]
 max_entry_size: 32MiB
+stale_tmp_after: 1h
 
 [runner.in]
 class: mailqueue.runners.IncomingRunner
@@ -109,6 +113,8 @@ class RunnerConfig:
     max_restarts: int
     sleep_time: timedelta
     start: bool
+    #: Restarts count against ``max_restarts`` for this long after them.
+    restart_window: timedelta
 
 
 class Configuration:
@@ -176,14 +182,20 @@ class Configuration:
                 name = section.removeprefix("runner.")
                 values = RUNNER_DEFAULTS | merged[section]
                 runners[name] = _runner_config(name, values, substitutions)
+        queues = merged.get("queues", {})
         max_entry_size = _size(
-            merged.get("queues", {}).get("max_entry_size", "32MiB"),
-            "[queues] max_entry_size",
+            queues.get("max_entry_size", "32MiB"), "[queues] max_entry_size"
+        )
+        stale_tmp_after = _duration(
+            queues.get("stale_tmp_after", "1h"), "[queues] stale_tmp_after"
         )
         self._merged = merged
         self._paths = substitutions
         #: The largest queue entry written or read, in bytes.
         self.max_entry_size = max_entry_size
+        #: How old, in seconds, a ``.tmp`` file is before its slice's owner
+        #: removes it.
+        self.stale_tmp_after = stale_tmp_after.total_seconds()
         self.runners: dict[str, RunnerConfig] = runners
         self.switchboards: Mapping[str, Switchboard] = _Switchboards(
             runners, max_entry_size
@@ -276,6 +288,15 @@ def _expand(value: str, substitutions: dict[str, str], where: str) -> str:
         raise ValueError(f"{where}: cannot expand {value!r} ({error})") from None
 
 
+def _duration(value: str, where: str) -> timedelta:
+    match = _DURATION.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            f"{where} must be a duration such as 1s, 500ms or 15m, not {value!r}"
+        )
+    return timedelta(seconds=float(match[1]) * _SECONDS[match[2] or "s"])
+
+
 def _size(value: str, where: str) -> int:
     match = _SIZE.fullmatch(value)
     factor = _SIZE_UNITS.get(match[2].lower()) if match else None
@@ -306,12 +327,7 @@ def _runner_config(
     instances = integer("instances", 1)
     if instances & (instances - 1):
         raise ValueError(f"{where} instances must be a power of two, not {instances}")
-    duration = _DURATION.fullmatch(values["sleep_time"])
-    if duration is None:
-        raise ValueError(
-            f"{where} sleep_time must be a duration such as 1s, 500ms or 15m, "
-            f"not {values['sleep_time']!r}"
-        )
+    sleep_time = _duration(values["sleep_time"], f"{where} sleep_time")
     start = _BOOLEANS.get(values["start"].strip().lower())
     if start is None:
         raise ValueError(f"{where} start must be yes or no, not {values['start']!r}")
@@ -324,7 +340,8 @@ def _runner_config(
         path=os.path.abspath(path) if path else None,
         instances=instances,
         max_restarts=integer("max_restarts", 0),
-        sleep_time=timedelta(seconds=float(duration[1]) * _SECONDS[duration[2] or "s"]),
+        sleep_time=sleep_time,
+        restart_window=_duration(values["restart_window"], f"{where} restart_window"),
         start=start,
     )
 

@@ -2,33 +2,60 @@
 
 The master reads the ``[runner.*]`` sections, starts a runner process for
 each slice of each runner whose ``start`` is yes, and waits.  A runner that
-exits abnormally is started again, up to its ``max_restarts``; after that
-the master logs that it gives up on it and lets the others run.  Signals to
-the master go on to the runners: SIGTERM and SIGINT stop everything (each
-runner finishes its current entry), SIGHUP reopens the logs, SIGUSR1
-restarts the runners.
+exits abnormally is started again after a delay that doubles with each
+restart (from :data:`FIRST_RESTART_DELAY` up to :data:`MAX_RESTART_DELAY`).
+Only restarts within the runner's ``restart_window`` count against its
+``max_restarts``; beyond them the master *gives up* on it for a window
+(``status`` says so, and exits non-zero) and then tries again, so a slice
+never stays down for good.  Signals to the master go on to the runners:
+SIGTERM and SIGINT stop everything (each runner finishes its current
+entry), SIGHUP reopens the logs, SIGUSR1 restarts the runners.
+
+Every runner holds the read end of a pipe whose write end only the master
+holds: however the master ends, even by SIGKILL, its runners read the end of
+the pipe and stop after their current entry.  A new master's runners wait
+for the old ones' slice locks, so two never work on one slice.
 
 Only one master runs per var directory: it holds a lock on
-``$VAR_DIR/master.lck``, which also records its pid.
+``$VAR_DIR/master.lck``, which also records its pid.  A master whose own
+files cannot be written (a full disk) logs it and keeps supervising.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import json
 import logging
 import os
+import select
 import signal
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from mailqueue.config import config
 from mailqueue.logs import reopen_logs
 from mailqueue.qfile import write_file
+from mailqueue.runner import MASTER_FD
 
-__all__ = ["Master", "MasterRunning", "master_pid", "master_status"]
+__all__ = [
+    "FIRST_RESTART_DELAY",
+    "MAX_RESTART_DELAY",
+    "Master",
+    "MasterRunning",
+    "master_pid",
+    "master_status",
+]
+
+#: The delay before a crashed runner's first restart, in seconds; it doubles
+#: with each further restart within the runner's ``restart_window``.
+FIRST_RESTART_DELAY = 0.1
+#: The longest delay before a restart, in seconds.
+MAX_RESTART_DELAY = 60.0
 
 rlog = logging.getLogger("mailqueue.runner")
+elog = logging.getLogger("mailqueue.error")
 
 
 class MasterRunning(Exception):
@@ -82,9 +109,16 @@ class _Child:
     slice: int
     count: int
     max_restarts: int
+    window: float
     restarts: int = 0
     pid: int | None = None
     restart_expected: bool = False
+    #: running, restarting (waiting to be started again) or given up.
+    state: str = "running"
+    #: When to start it again (time.monotonic()), while it is not running.
+    start_at: float | None = None
+    #: When it died abnormally, within its window.
+    deaths: collections.deque[float] = field(default_factory=collections.deque)
 
     @property
     def spec(self) -> str:
@@ -101,9 +135,13 @@ class Master:
 
     def __init__(self, command: list[str]) -> None:
         self.command = command
-        self.children: dict[int, _Child] = {}
+        #: Every runner slice, by its spec, running or not.
+        self.children: dict[str, _Child] = {}
+        self._by_pid: dict[int, _Child] = {}
         self._stopping = False
         self._lock_fd: int | None = None
+        self._pipe: tuple[int, int] | None = None
+        self._write_failed: int | None = None
 
     def lock(self) -> None:
         """Become this var directory's one master, or raise :exc:`MasterRunning`."""
@@ -121,45 +159,97 @@ class Master:
     def run(self) -> None:
         """Start the runners and look after them until they have all stopped."""
         assert self._lock_fd is not None, "lock() first"
+        wakeup_read, wakeup_write = os.pipe()
+        os.set_blocking(wakeup_read, False)
+        os.set_blocking(wakeup_write, False)
+        signal.set_wakeup_fd(wakeup_write)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         signal.signal(signal.SIGTERM, self._stop_signal)
         signal.signal(signal.SIGINT, self._stop_signal)
         signal.signal(signal.SIGHUP, self._hangup)
         signal.signal(signal.SIGUSR1, self._restart_all)
+        # The runners' lifeline: they hold the read end, only the master the
+        # write end, so they see its end when the master ends.
+        self._pipe = os.pipe()
+        os.set_inheritable(self._pipe[0], True)
         rlog.info("master %d starting on %s", os.getpid(), config.VAR_DIR)
         for section in config.runners.values():
             if section.start:
                 for number in range(section.instances):
-                    self._spawn(
-                        _Child(
-                            section.name,
-                            number,
-                            section.instances,
-                            section.max_restarts,
-                        )
+                    child = _Child(
+                        section.name,
+                        number,
+                        section.instances,
+                        section.max_restarts,
+                        section.restart_window.total_seconds(),
                     )
+                    self.children[child.spec] = child
+                    self._spawn(child)
         self._write_status()
-        while self.children:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                break
-            child = self.children.pop(pid, None)
-            if child is not None:
-                self._reap(child, os.waitstatus_to_exitcode(status))
-            self._write_status()
+        try:
+            while self._by_pid or (self.children and not self._stopping):
+                select.select([wakeup_read], [], [], self._timeout())
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wakeup_read, 4096)
+                changed = self._reap_all()
+                changed |= self._start_due()
+                if changed:
+                    self._write_status()
+        finally:
+            signal.set_wakeup_fd(-1)
+            for fd in (wakeup_read, wakeup_write, *self._pipe):
+                os.close(fd)
         rlog.info("master %d stopped", os.getpid())
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(_status_path())
         os.close(self._lock_fd)
         self._lock_fd = None
 
+    def _timeout(self) -> float | None:
+        due = [c.start_at for c in self.children.values() if c.start_at is not None]
+        if self._stopping or not due:
+            return None
+        return max(0.0, min(due) - time.monotonic())
+
     def _spawn(self, child: _Child) -> None:
+        assert self._pipe is not None
         argv = [*self.command, "runner", child.spec]
-        # Not subprocess: the master reaps its children itself, with os.wait().
-        child.pid = os.posix_spawnp(argv[0], argv, os.environ)
+        environment = os.environ | {MASTER_FD: str(self._pipe[0])}
+        # Not subprocess: the master reaps its children itself, with waitpid().
+        child.pid = os.posix_spawnp(argv[0], argv, environment)
         child.restart_expected = False
-        self.children[child.pid] = child
+        child.state = "running"
+        child.start_at = None
+        self._by_pid[child.pid] = child
         rlog.info("master started runner %s (pid %d)", child.spec, child.pid)
+
+    def _reap_all(self) -> bool:
+        reaped = False
+        while self._by_pid:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            child = self._by_pid.pop(pid, None)
+            if child is not None:
+                self._reap(child, os.waitstatus_to_exitcode(status))
+                reaped = True
+        return reaped
+
+    def _start_due(self) -> bool:
+        if self._stopping:
+            return False
+        now = time.monotonic()
+        due = [
+            child
+            for child in self.children.values()
+            if child.start_at is not None and child.start_at <= now
+        ]
+        for child in due:
+            self._spawn(child)
+        return bool(due)
 
     def _reap(self, child: _Child, code: int) -> None:
         how = (
@@ -167,34 +257,55 @@ class Master:
             if code >= 0
             else f"signal {signal.Signals(-code).name}"
         )
+        pid, child.pid = child.pid, None
         if self._stopping:
-            rlog.info("runner %s (pid %d) stopped: %s", child.spec, child.pid, how)
-        elif child.restart_expected:
+            rlog.info("runner %s (pid %d) stopped: %s", child.spec, pid, how)
+            del self.children[child.spec]
+            return
+        if child.restart_expected:
             self._spawn(child)
-        elif code == 0:
-            rlog.info("runner %s (pid %d) exited", child.spec, child.pid)
-        elif child.restarts < child.max_restarts:
+            return
+        if code == 0:
+            rlog.info("runner %s (pid %d) exited", child.spec, pid)
+            del self.children[child.spec]
+            return
+        now = time.monotonic()
+        child.deaths.append(now)
+        while child.deaths and child.deaths[0] < now - child.window:
+            child.deaths.popleft()
+        if len(child.deaths) <= child.max_restarts:
             child.restarts += 1
-            rlog.error(
-                "runner %s (pid %d) died (%s); restart %d of %d",
-                child.spec,
-                child.pid,
-                how,
-                child.restarts,
-                child.max_restarts,
+            delay = min(
+                FIRST_RESTART_DELAY * 2 ** (len(child.deaths) - 1), MAX_RESTART_DELAY
             )
-            self._spawn(child)
-        else:
-            logging.getLogger("mailqueue.error").error(
-                "runner %s (pid %d) died (%s) after %d restarts; giving up on it",
+            child.state = "restarting"
+            child.start_at = now + delay
+            rlog.error(
+                "runner %s (pid %d) died (%s); restart %d of %d in %g s",
                 child.spec,
-                child.pid,
+                pid,
                 how,
-                child.restarts,
+                len(child.deaths),
+                child.max_restarts,
+                delay,
+            )
+        else:
+            # Not for good: once the window has passed, it is tried again.
+            child.state = "given up"
+            child.start_at = now + child.window
+            child.deaths.clear()
+            elog.error(
+                "runner %s (pid %d) died (%s) after %d restarts; giving up on it "
+                "for %g s",
+                child.spec,
+                pid,
+                how,
+                child.max_restarts,
+                child.window,
             )
 
     def _signal_children(self, signum: int) -> None:
-        for pid in self.children:
+        for pid in self._by_pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
@@ -209,7 +320,7 @@ class Master:
 
     def _restart_all(self, signum: int, frame: object) -> None:
         rlog.info("master caught SIGUSR1; restarting the runners")
-        for child in self.children.values():
+        for child in self._by_pid.values():
             child.restart_expected = True
         self._signal_children(signal.SIGTERM)
 
@@ -217,8 +328,21 @@ class Master:
         status = {
             "master": os.getpid(),
             "runners": {
-                child.spec: {"pid": pid, "restarts": child.restarts}
-                for pid, child in sorted(self.children.items(), key=lambda i: i[1].spec)
+                spec: {
+                    "pid": child.pid,
+                    "state": child.state,
+                    "restarts": child.restarts,
+                }
+                for spec, child in sorted(self.children.items())
             },
         }
-        write_file(_status_path(), (json.dumps(status, indent=1).encode(),))
+        try:
+            write_file(_status_path(), (json.dumps(status, indent=1).encode(),))
+        except OSError as error:
+            # A full or failing disk must not end the supervision: say so
+            # once (for each kind of error) and go on.
+            if error.errno != self._write_failed:
+                elog.error("master cannot write %s: %s", _status_path(), error)
+            self._write_failed = error.errno
+        else:
+            self._write_failed = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import select
 import signal
 import time
 from types import FrameType
@@ -12,9 +14,19 @@ from mailqueue.config import config
 from mailqueue.lists import MailingList
 from mailqueue.logs import reopen_logs
 from mailqueue.message import Message
+from mailqueue.qfile import QueueFileError
 from mailqueue.switchboard import Switchboard
 
-__all__ = ["Runner", "RunnerInterrupt"]
+__all__ = ["MASTER_FD", "Runner", "RunnerInterrupt"]
+
+#: The environment variable that names the runner's end of its master's pipe.
+MASTER_FD = "MAILQUEUE_MASTER_FD"
+#: How long a runner that does not own its slice waits before it asks again.
+STANDBY_INTERVAL = 1.0
+#: After a pass that made no progress, a runner waits this long, twice as
+#: long after each further such pass, up to :data:`MAX_BACKOFF`.
+FIRST_BACKOFF = 0.1
+MAX_BACKOFF = 30.0
 
 dlog = logging.getLogger("mailqueue.debug")
 elog = logging.getLogger("mailqueue.error")
@@ -63,8 +75,17 @@ class Runner:
         self.start = section.start
         #: 0, or the number of the signal that stopped the runner.
         self.status = 0
+        #: The read end of the master's pipe, for a runner a master started:
+        #: the runner stops when it reads the end of it (the master is gone).
+        self.master_fd: int | None = None
+        if os.environ.get(MASTER_FD, "").isdigit():
+            self.master_fd = int(os.environ[MASTER_FD])
         self._stop = False
         self._sleeping = False
+        self._progress = 0
+        self._fruitless = 0
+        self._errors = _RepeatedErrors(elog)
+        self._temporary_checked = 0.0
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -74,27 +95,95 @@ class Runner:
     def run(self) -> None:
         """Process the queue in passes until :meth:`stop` is called.
 
-        After each pass :meth:`_do_periodic` runs, then, unless stopped,
-        :meth:`_snooze`.  :meth:`_clean_up` runs at the end, however the
-        loop ends.
+        A queue runner first waits until it owns its slice (see
+        :meth:`~mailqueue.switchboard.Switchboard.take_ownership`).  After
+        each pass :meth:`_do_periodic` runs, then, unless stopped,
+        :meth:`_snooze`; a pass that found entries but could take none of
+        them is followed by a wait that doubles each time, up to
+        :data:`MAX_BACKOFF` seconds.  :meth:`_clean_up` runs at the end,
+        however the loop ends.  A runner started by a master also stops,
+        after its current entry, when the master is gone.
         """
         try:
+            self._stand_by()
             while True:
+                self._progress = 0
                 filecnt = self._one_iteration()
                 self._do_periodic()
+                self._remove_stale_temporary_files()
                 # Mark the sleep before the last look at the stop flag: a stop
                 # signal then either is seen here or interrupts the sleep.
                 self._sleeping = True
                 try:
                     if self._stop:
                         break
+                    if filecnt and not self._progress:
+                        self._fruitless += 1
+                        self._sleep(
+                            min(FIRST_BACKOFF * 2**self._fruitless, MAX_BACKOFF)
+                        )
+                    else:
+                        self._fruitless = 0
                     self._snooze(filecnt)
                 finally:
                     self._sleeping = False
         except (KeyboardInterrupt, RunnerInterrupt):
             pass
         finally:
+            self._errors.flush()
             self._clean_up()
+
+    def _stand_by(self) -> None:
+        """Wait, if another process owns this runner's slice, until it does not."""
+        if self.switchboard is None or self._owns_slice():
+            return
+        rlog.info(
+            "%s runner standing by: its slice is owned by %s",
+            self.name,
+            self.switchboard.owner_id(),
+        )
+        self._sleeping = True
+        try:
+            while not self._stop and not self._owns_slice():
+                self._sleep(STANDBY_INTERVAL)
+        finally:
+            self._sleeping = False
+        if self.switchboard.owned_here:
+            rlog.info("%s runner now owns its slice", self.name)
+
+    def _owns_slice(self) -> bool:
+        assert self.switchboard is not None
+        return self.switchboard.take_ownership() or self.switchboard.owned_here
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early if the master goes away (the pipe's end is read)."""
+        if self.master_fd is None:
+            time.sleep(seconds)
+            return
+        readable, _, _ = select.select([self.master_fd], [], [], seconds)
+        if readable:
+            self._master_gone()
+
+    def _check_master(self) -> None:
+        if self.master_fd is not None and not self._stop:
+            readable, _, _ = select.select([self.master_fd], [], [], 0)
+            if readable:
+                self._master_gone()
+
+    def _master_gone(self) -> None:
+        if not self._stop:
+            rlog.info("%s runner: its master is gone; stopping", self.name)
+        self.stop()
+
+    def _remove_stale_temporary_files(self) -> None:
+        # At most every quarter of the age at which a file counts as stale.
+        age = config.stale_tmp_after
+        now = time.monotonic()
+        if self.switchboard is None or now - self._temporary_checked < age / 4:
+            return
+        self._temporary_checked = now
+        if self.switchboard.owner:
+            self.switchboard.remove_stale_temporary_files(age)
 
     def stop(self) -> None:
         """Ask the runner to stop after the entry it is processing."""
@@ -127,10 +216,17 @@ class Runner:
 
     def _one_iteration(self) -> int:
         """Process each queued entry once, oldest first; return how many there were."""
-        files = self.switchboard.files if self.switchboard is not None else []
+        if self.switchboard is None:
+            return 0
+        # Only the owner of a slice works on it: entries another process is
+        # taking must not be taken twice.
+        if not self._owns_slice():
+            return 0
+        files = self.switchboard.files
         for filebase in files:
             self._process_filebase(filebase)
             self._do_periodic()
+            self._check_master()
             if self._short_circuit():
                 break
         return len(files)
@@ -144,12 +240,24 @@ class Runner:
             # Another process dequeued it first: it is theirs to finish.
             dlog.debug("[%s] %s was taken by another runner", self.name, filebase)
             return
-        except Exception:
+        except QueueFileError:
             elog.exception(
                 "%s runner preserving unreadable entry %s", self.name, filebase
             )
             self.switchboard.finish(filebase, preserve=True)
+            self._progress += 1
             return
+        except OSError as error:
+            # The system's, not the entry's (a directory it may not write, a
+            # full or failing disk): the entry stays where it is.
+            self._errors.error(
+                "%s runner cannot take entries from %s: %s",
+                self.name,
+                self.switchboard.queue_directory,
+                error.strerror or error,
+            )
+            return
+        self._progress += 1
         try:
             self._process_one_file(msg, msgdata)
         except Exception:
@@ -222,7 +330,7 @@ class Runner:
         seconds = self.sleep_time.total_seconds()
         if filecnt or seconds <= 0:
             return
-        time.sleep(seconds)
+        self._sleep(seconds)
 
     def _short_circuit(self) -> bool:
         """Return True to end a pass before its last entry; True once stopped."""
@@ -230,6 +338,35 @@ class Runner:
 
     def _clean_up(self) -> None:
         """Work done once when :meth:`run` ends, however it ends; nothing by default."""
+
+
+class _RepeatedErrors:
+    """Log an error once, then only how often it repeated (at most each minute)."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.last = ""
+        self.repeats = 0
+        self.since = 0.0
+
+    def error(self, message: str, *arguments: object) -> None:
+        text = message % arguments
+        now = time.monotonic()
+        if text != self.last:
+            self.flush()
+            self.logger.error("%s", text)
+            self.last, self.since = text, now
+            return
+        self.repeats += 1
+        if now - self.since >= self.interval:
+            self.flush()
+            self.since = now
+
+    def flush(self) -> None:
+        if self.repeats:
+            self.logger.error("%s (%d more times)", self.last, self.repeats)
+        self.repeats = 0
 
 
 def _find_list(msgdata: dict[str, Any]) -> MailingList | None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.message
 import errno
 import fcntl
 import logging
 import os
+import socket
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -15,13 +18,19 @@ from typing import Any
 from mailqueue import qfile
 from mailqueue.message import Message
 
-__all__ = ["MAX_BAK_COUNT", "Switchboard"]
+__all__ = ["MAX_BAK_COUNT", "STALE_TEMPORARY_AFTER", "Switchboard"]
 
 #: How many times a ``.bak`` file is recovered before it is set aside in the
 #: ``bad`` queue, so that a message that kills its runner cannot loop forever.
 MAX_BAK_COUNT = 3
 
+#: How old, in seconds, a ``.tmp`` file must be before the owner removes it:
+#: far longer than any write takes, so only a dead writer's file is that old.
+STALE_TEMPORARY_AFTER = 3600.0
+
 dlog = logging.getLogger("mailqueue.debug")
+#: The switchboards of this process that own their slice, by lock file.
+_owners: weakref.WeakValueDictionary[str, Switchboard] = weakref.WeakValueDictionary()
 elog = logging.getLogger("mailqueue.error")
 
 
@@ -77,33 +86,73 @@ class Switchboard:
         os.makedirs(queue_directory, mode=0o770, exist_ok=True)
         self._reported: set[str] = set()
         self._owner_lock: int | None = None
-        if recover:
-            if self._take_ownership():
-                self.recover_backup_files()
-            else:
-                dlog.debug("%r: another process owns this slice; not recovering", self)
+        if recover and not self.take_ownership():
+            dlog.debug("%r: another process owns this slice; not recovering", self)
 
     @property
     def owner(self) -> bool:
         """True if this switchboard holds its slice's lock and so recovers it."""
         return self._owner_lock is not None
 
-    def _take_ownership(self) -> bool:
-        # The lock file sits beside the queue directory, not in it: the
-        # directory holds queue entries and nothing else.
+    @property
+    def owned_here(self) -> bool:
+        """True if this process owns the slice, by this switchboard or another.
+
+        Within one process, work on a slice is not concurrent; what must
+        never happen is two *processes* working on one slice.
+        """
+        if self.owner:
+            return True
+        other = _owners.get(self.owner_file)
+        return other is not None and other.owner
+
+    @property
+    def owner_file(self) -> str:
+        """The lock file of this slice, beside the queue directory.
+
+        Its owner holds an exclusive ``flock`` on it for as long as it
+        lives, and writes its host name and pid into it.
+        """
+        # Beside the queue directory, not in it: the directory holds queue
+        # entries and nothing else.
         parent, queue = os.path.split(os.path.normpath(self.queue_directory))
         where = "" if self.slice is None else f"-{self.slice}-of-{self.numslices}"
-        path = os.path.join(parent, f".{queue}{where}.owner")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        return os.path.join(parent, f".{queue}{where}.owner")
+
+    def owner_id(self) -> str:
+        """Who owns this slice, as its lock file says: ``pid PID on HOST``."""
+        try:
+            with open(self.owner_file) as stream:
+                host, _, pid = stream.read(300).strip().partition(" ")
+        except OSError:
+            return "nobody"
+        return f"pid {pid} on {host}" if pid.isdigit() else "nobody"
+
+    def take_ownership(self) -> bool:
+        """Become the owner of this slice if no process is; return whether it is.
+
+        The owner is the one process that recovers the slice's ``.bak`` files
+        (it does so as it becomes the owner, see :meth:`recover_backup_files`)
+        and removes its stale temporary files.  Ownership lasts until this
+        switchboard is collected or its process ends, however it ends.
+        """
+        if self._owner_lock is not None:
+            return True
+        fd = os.open(self.owner_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
-        # The lock lasts as long as the descriptor: until this switchboard is
-        # collected or its process ends, however it ends.
         self._owner_lock = fd
         weakref.finalize(self, os.close, fd)
+        _owners[self.owner_file] = self
+        # Who owns it, for a person (and for other hosts) to read.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
+        self.recover_backup_files()
+        self.remove_stale_temporary_files()
         return True
 
     def __repr__(self) -> str:
@@ -250,6 +299,43 @@ class Switchboard:
         """
         return [parsed.text for parsed in sorted(self._scan(extension))]
 
+    def get_temporary_files(self) -> list[str]:
+        """The names of this slice's ``.tmp`` files: entries being written, or
+        left behind by a writer that died."""
+        found = []
+        with os.scandir(self.queue_directory) as entries:
+            for entry in entries:
+                base, ext = os.path.splitext(entry.name)
+                if ext != ".tmp":
+                    continue
+                parsed = qfile.parse_filebase(os.path.splitext(base)[0])
+                if parsed is not None and self._in_slice(parsed):
+                    found.append(entry.name)
+        return sorted(found)
+
+    def remove_stale_temporary_files(self, age: float = STALE_TEMPORARY_AFTER) -> int:
+        """Remove this slice's ``.tmp`` files older than *age* seconds; return how many.
+
+        No writer takes that long, so such a file is what a writer left
+        when it died before its entry was complete: never an entry.
+        """
+        removed = 0
+        deadline = time.time() - age
+        for name in self.get_temporary_files():
+            path = os.path.join(self.queue_directory, name)
+            try:
+                if os.lstat(path).st_mtime < deadline:
+                    os.unlink(path)
+                    removed += 1
+            except OSError:
+                continue
+        if removed:
+            elog.info("Removed %d stale temporary file(s) from %r", removed, self)
+        return removed
+
+    def _in_slice(self, parsed: qfile.FileBase) -> bool:
+        return self.slice is None or parsed.digest >> self._shift == self.slice
+
     def _scan(self, extension: str) -> Iterator[qfile.FileBase]:
         with os.scandir(self.queue_directory) as entries:
             for entry in entries:
@@ -266,7 +352,7 @@ class Switchboard:
                         entry.name,
                         self.name,
                     )
-                elif self.slice is None or parsed.digest >> self._shift == self.slice:
+                elif self._in_slice(parsed):
                     yield parsed
 
     def recover_backup_files(self) -> None:

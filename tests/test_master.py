@@ -160,17 +160,25 @@ def test_a_runner_that_crashes_on_start_is_restarted_max_restarts_times(site):
     site.run("start")
     wait_for(lambda: "giving up" in site.log("error.log"), 60, "the master to give up")
     log = site.log("error.log") + site.log("runner.log")
-    # Started once and restarted twice; died three times; then left down.
+    # Started once and restarted twice, each after a longer delay; died
+    # three times; then given up on (for its restart window).
     assert log.count("master started runner broken:0:1 ") == 3
     assert log.count(") died (exit status 1)") == 3
-    assert "restart 1 of 2" in log and "restart 2 of 2" in log
-    assert log.count("after 2 restarts; giving up on it") == 1
-    # The others keep running.
+    assert "restart 1 of 2 in 0.1 s" in log and "restart 2 of 2 in 0.2 s" in log
+    assert log.count("after 2 restarts; giving up on it for 600 s") == 1
+    # The others keep running; the one given up is shown, and status fails.
+    wait_for(
+        lambda: site.status()["runners"]["broken:0:1"]["state"] == "given up",
+        10,
+        "the status to say so",
+    )
     runners = site.status()["runners"]
-    assert list(runners) == ["in:0:1"]
+    assert runners["in:0:1"]["state"] == "running"
     assert not process_gone(runners["in:0:1"]["pid"])
-    status = site.run("status")
-    assert "runner in:0:1" in status.stdout and "broken" not in status.stdout
+    status = site.run("status", check=False)
+    assert status.returncode == 1
+    assert "runner in:0:1       running" in status.stdout
+    assert "runner broken:0:1   given up    pid -" in status.stdout
 
 
 def test_a_second_master_is_refused_and_signals_reach_the_runners(site):

@@ -1,9 +1,15 @@
-"""Two runner processes drain one unsliced queue: each entry is processed once."""
+"""Two processes drain one unsliced queue: each entry is dequeued once.
+
+(Two *runners* never do this: the second stands by while the first owns the
+slice; tests/test_supervision.py shows that.  Dequeuing is what decides
+between any two processes taking entries, whoever they are.)
+"""
 
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
 from mailqueue import config, message_from_string
 
@@ -11,29 +17,28 @@ ENTRIES = 400
 
 RUNNER = textwrap.dedent(
     """
-    import sys, time
-    from mailqueue import Runner, config
+    import os, sys, time
+    from mailqueue import Switchboard, config
 
     var_dir, record = sys.argv[1], sys.argv[2]
     config.push("race", f"[paths]\\nvar_dir: {var_dir}\\n[runner.race]\\n")
-
-    class Drain(Runner):
-        def _dispose(self, mlist, msg, msgdata):
-            self.record.write(msg["subject"] + "\\n")
-            self.record.flush()
-            time.sleep(0.0005)  # long enough for the two processes to interleave
-            return False
-
-        def _snooze(self, filecnt):
-            if not filecnt:
-                self.stop()
+    queue = Switchboard("race", config.switchboards["race"].queue_directory)
 
     # Both processes wait on the same start line, so they race from entry one.
-    while not __import__("os").path.exists(var_dir + "/go"):
+    open(record + ".ready", "w").close()
+    while not os.path.exists(var_dir + "/go"):
         time.sleep(0.001)
-    runner = Drain("race")
-    with open(record, "w") as runner.record:
-        runner.run()
+    with open(record, "w") as taken:
+        while files := queue.files:
+            for filebase in files:
+                try:
+                    msg, msgdata = queue.dequeue(filebase)
+                except FileNotFoundError:
+                    continue  # the other process took it
+                taken.write(msg["subject"] + "\\n")
+                taken.flush()
+                time.sleep(0.0005)  # long enough for the two to interleave
+                queue.finish(filebase)
     """
 )
 
@@ -50,6 +55,10 @@ def test_every_entry_is_processed_exactly_once(var_dir, tmp_path):
         subprocess.Popen([sys.executable, "-c", RUNNER, var_dir, str(record)])
         for record in records
     ]
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(f"{record}.ready") for record in records):
+        assert time.monotonic() < deadline, "the processes did not start"
+        time.sleep(0.01)
     open(os.path.join(var_dir, "go"), "w").close()
     for process in processes:
         assert process.wait(timeout=120) == 0
