@@ -1,86 +1,16 @@
 """The master and its runner processes, for real: start, kill, restart, stop."""
 
 import collections
-import json
 import mailbox
 import os
 import signal
-import subprocess
-import sys
-import time
 
-import pytest
+from sites import process_gone, wait_for  # this directory is on sys.path
 
 from mailqueue import config, create_list, message_from_string
 from mailqueue.runners import maildir
 
 MESSAGES = 1000
-
-
-def process_gone(pid):
-    """True once *pid* has exited (a zombie nobody reaped counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-class Site:
-    """A var directory with a configuration file, and the command to run on it."""
-
-    def __init__(self, var_dir, extra=""):
-        self.var_dir = var_dir
-        self.config_file = os.path.join(var_dir, "site.cfg")
-        with open(self.config_file, "w") as stream:
-            stream.write(
-                f"[paths]\nvar_dir: {var_dir}\n"
-                "[runner.retry]\nstart: no\n[runner.virgin]\nstart: no\n" + extra
-            )
-
-    def run(self, *arguments, check=True):
-        result = subprocess.run(
-            [sys.executable, "-m", "mailqueue", "-C", self.config_file, *arguments],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result
-
-    def status(self):
-        with open(os.path.join(self.var_dir, "master.json")) as stream:
-            return json.load(stream)
-
-    def log(self, name):
-        try:
-            with open(os.path.join(self.var_dir, "logs", name)) as stream:
-                return stream.read()
-        except FileNotFoundError:
-            return ""
-
-
-@pytest.fixture
-def site(var_dir):
-    sites = []
-
-    def make(extra=""):
-        sites.append(Site(var_dir, extra))
-        return sites[-1]
-
-    yield make
-    for made in sites:  # never leave a master behind, whatever failed
-        made.run("stop", "--timeout", "30", check=False)
 
 
 def test_a_killed_runner_is_restarted_and_every_message_is_delivered(site):

@@ -1,0 +1,63 @@
+"""Sites for tests that run the mailqueue command: a var directory, a
+configuration file, and helpers to wait for processes."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def process_gone(pid):
+    """True once *pid* has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Site:
+    """A var directory with a configuration file, and the command to run on it."""
+
+    def __init__(self, var_dir, extra=""):
+        self.var_dir = var_dir
+        self.config_file = os.path.join(var_dir, "site.cfg")
+        with open(self.config_file, "w") as stream:
+            stream.write(
+                f"[paths]\nvar_dir: {var_dir}\n"
+                "[runner.retry]\nstart: no\n[runner.virgin]\nstart: no\n" + extra
+            )
+
+    def run(self, *arguments, check=True):
+        result = subprocess.run(
+            [sys.executable, "-m", "mailqueue", "-C", self.config_file, *arguments],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def status(self):
+        with open(os.path.join(self.var_dir, "master.json")) as stream:
+            return json.load(stream)
+
+    def log(self, name):
+        try:
+            with open(os.path.join(self.var_dir, "logs", name)) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return ""
