@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help test docs docs-check lint bench fuzz conformance conformance-results interop clean
+.PHONY: help test docs docs-check lint bench fuzz soak conformance conformance-results interop clean
 
 help:
 	@echo "make test   run the spec (docs/*.rst) and the tests"
@@ -17,6 +17,8 @@ help:
 	@echo "make bench  print what the queue costs on this machine"
 	@echo "make fuzz   the full hostile-file run (10,000+ cases, a few minutes);"
 	@echo "            its figures go to docs/reliability-run.json"
+	@echo "make soak   the full kill -9 soak (10,000 messages, 250 runner kills) and"
+	@echo "            churn; its figures go to docs/soak-run.json"
 	@echo "make conformance IMPL=NAME  run the spec against an implementation"
 	@echo "                 (mailqueue, mailman, or package.module:adapter)"
 	@echo "make interop     exchange queue files between mailqueue and GNU Mailman"
@@ -68,6 +70,10 @@ lint: $(STAMP)
 # The full hostile-file run; make test runs a reduced one (tests/hostile).
 fuzz: $(STAMP)
 	$(BIN)/python tests/hostile/fuzz.py --cases 10000 --report docs/reliability-run.json
+
+# The full kill -9 soak and churn; make test runs reduced ones (tests/soak).
+soak: $(STAMP)
+	$(BIN)/python tests/soak/soak.py --report docs/soak-run.json
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_queue.py

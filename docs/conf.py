@@ -16,7 +16,7 @@ extensions = [
     "sphinx_copybutton",
     "levels",
     "conformance_results",
-    "hostile_run",
+    "run_figures",
 ]
 
 html_theme = "furo"

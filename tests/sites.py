@@ -52,7 +52,14 @@ class Site:
         return result
 
     def status(self):
-        with open(os.path.join(self.var_dir, "master.json")) as stream:
+        """What the master last wrote about itself and its runners.
+
+        ``start`` returns once the master holds its lock; it writes its
+        status a moment later, so wait for that (at most 10 s).
+        """
+        path = os.path.join(self.var_dir, "master.json")
+        wait_for(lambda: os.path.exists(path), 10, "the master's status")
+        with open(path) as stream:
             return json.load(stream)
 
     def log(self, name):

@@ -1,7 +1,8 @@
-"""The ``hostile-run`` directive: the figures of the last full hostile-file run.
+"""Figures of the last full runs, as tables: ``hostile-run`` and ``soak-run``.
 
-It reads the JSON report that ``make fuzz`` writes (docs/reliability-run.json),
-so the published figures always come from a real run.
+They read the JSON reports that ``make fuzz`` (docs/reliability-run.json)
+and ``make soak`` (docs/soak-run.json) write, so the published figures
+always come from a real run.
 """
 
 import json
@@ -68,6 +69,65 @@ class HostileRun(SphinxDirective):
         return [container]
 
 
+#: The soak's figures, in the order shown, and what each counts.
+SOAK_FIGURES = [
+    ("messages", "messages queued (each with its own Message-ID)"),
+    ("delivered", "of them, delivered"),
+    ("lost", "of them, never delivered"),
+    ("duplicates", "delivered more than once"),
+    (
+        "duplicates explained by a killed process",
+        "of those, held by a runner or inject when it was killed",
+    ),
+    ("duplicates not explained", "of those, held by no killed process"),
+    ("runners killed", "runner processes SIGKILLed"),
+    ("masters killed", "master processes SIGKILLed, and started again"),
+    ("injects killed", "inject processes SIGKILLed while they wrote"),
+    ("in bad or shunt", "entries set aside at the end"),
+    ("leftover .bak", ".bak files at the end"),
+    ("leftover .tmp", ".tmp files at the end"),
+    ("orphaned processes", "processes of the site still alive at the end"),
+    ("seconds", "how long it took"),
+]
+
+
+class SoakRun(SphinxDirective):
+    required_arguments = 1  # the report, relative to this document
+
+    def run(self):
+        path = Path(self.env.doc2path(self.env.docname)).parent / self.arguments[0]
+        if not path.exists():
+            raise self.error(f"no soak report at {path}: run make soak")
+        self.env.note_dependency(str(path))
+        report = json.loads(path.read_text())
+        run = report["run"]
+        lines = [
+            f"Run on {run['date']} with Python {run['python']}, mailqueue "
+            f"{run['mailqueue']}: ``{run['command']}``.",
+            "",
+            ".. list-table::",
+            "   :header-rows: 1",
+            "",
+            "   * - figure",
+            "     - soak",
+            "     - churn",
+            "     - what it counts",
+        ]
+        for key, meaning in SOAK_FIGURES:
+            lines += [
+                f"   * - {key}",
+                f"     - {report['soak'][key]:,}",
+                f"     - {report['churn'][key]:,}",
+                f"     - {meaning}",
+            ]
+        container = nodes.container(classes=["soak-run"])
+        self.state.nested_parse(
+            StringList([*lines, ""]), self.content_offset, container
+        )
+        return [container]
+
+
 def setup(app):
     app.add_directive("hostile-run", HostileRun)
+    app.add_directive("soak-run", SoakRun)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
