@@ -135,7 +135,7 @@ class Master:
 
     def __init__(self, command: list[str]) -> None:
         self.command = command
-        #: Every runner slice, by its spec, running or not.
+        # Every runner slice, by its spec, running or not.
         self.children: dict[str, _Child] = {}
         self._by_pid: dict[int, _Child] = {}
         self._stopping = False

@@ -100,7 +100,7 @@ class Runner:
         each pass :meth:`_do_periodic` runs, then, unless stopped,
         :meth:`_snooze`; a pass that found entries but could take none of
         them is followed by a wait that doubles each time, up to
-        :data:`MAX_BACKOFF` seconds.  :meth:`_clean_up` runs at the end,
+        ``MAX_BACKOFF`` (30) seconds.  :meth:`_clean_up` runs at the end,
         however the loop ends.  A runner started by a master also stops,
         after its current entry, when the master is gone.
         """
@@ -215,7 +215,11 @@ class Runner:
     # One pass over the queue ---------------------------------------------
 
     def _one_iteration(self) -> int:
-        """Process each queued entry once, oldest first; return how many there were."""
+        """Process each queued entry once, oldest first; return how many there were.
+
+        Only while this process owns the runner's slice: otherwise it takes
+        nothing and returns 0.
+        """
         if self.switchboard is None:
             return 0
         # Only the owner of a slice works on it: entries another process is

@@ -214,6 +214,12 @@ class Site:
         return ids
 
 
+def _new_root(prefix: str) -> Path:
+    """A new directory for a site: in memory where the system has it."""
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
 def message(number: int) -> tuple[str, str]:
     mid = f"<soak-{number}@example.com>"
     headers = f"From: a@example.com\nTo: {LIST}\nMessage-ID: {mid}\n"
@@ -243,8 +249,7 @@ def soak(
     """Run the soak; return its figures."""
     rng = random.Random(seed)
     started = time.monotonic()
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
-    root = Path(tempfile.mkdtemp(prefix="mailqueue-soak-", dir=base))
+    root = _new_root("mailqueue-soak-")
     site = Site(root)
     tally = Tally()
     inbox = site.queue("in")
@@ -366,8 +371,7 @@ def churn(
     """Runners of one slice started and killed in turn while ``out`` works."""
     rng = random.Random(seed)
     started = time.monotonic()
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
-    root = Path(tempfile.mkdtemp(prefix="mailqueue-churn-", dir=base))
+    root = _new_root("mailqueue-churn-")
     site = Site(root)
     config.push("churn", "[runner.in]\ninstances: 1\n[runner.out]\ninstances: 1\n")
     site.config_file.write_text(
