@@ -26,10 +26,11 @@ section matter:
 from __future__ import annotations
 
 import configparser
+import difflib
 import os
 import re
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -40,7 +41,13 @@ if TYPE_CHECKING:
     from mailqueue.lists import ListManager
     from mailqueue.switchboard import Switchboard
 
-__all__ = ["RUNNER_DEFAULTS", "Configuration", "RunnerConfig", "config"]
+__all__ = [
+    "RUNNER_DEFAULTS",
+    "Configuration",
+    "ConfigurationError",
+    "RunnerConfig",
+    "config",
+]
 
 #: The keys every ``[runner.NAME]`` section has, and their default values.
 RUNNER_DEFAULTS = {
@@ -100,6 +107,21 @@ _BOOLEANS = {
 }
 
 
+#: The keys of the sections other than ``[runner.NAME]``.
+SECTION_KEYS = {
+    "paths": {"var_dir", "queue_dir", "data_dir", "log_dir"},
+    "queues": {"max_entry_size", "stale_tmp_after"},
+}
+
+
+class ConfigurationError(ValueError):
+    """A mistake in the configuration: where it is, and what is wrong.
+
+    An unknown section or key, a value that is not what the key takes, a
+    ``$VARIABLE`` that is not defined, text that is not INI.
+    """
+
+
 @dataclass(frozen=True)
 class RunnerConfig:
     """The settings of one ``[runner.NAME]`` section, checked and expanded."""
@@ -124,7 +146,7 @@ class Configuration:
     QFILE_SCHEMA_VERSION = QFILE_SCHEMA_VERSION
 
     def __init__(self) -> None:
-        self._layers: list[tuple[str, dict[str, dict[str, str]]]] = [
+        self._layers: list[tuple[str, _Layer]] = [
             ("defaults", _parse("defaults", DEFAULTS))
         ]
         self._lists: ListManager | None = None
@@ -141,7 +163,8 @@ class Configuration:
         """Add a layer called *name* holding the INI *text* on top.
 
         Raise :exc:`ValueError`, leaving the configuration as it was, if the
-        name is taken or the text is not valid.
+        name is taken, and :exc:`ConfigurationError` (naming the layer, the
+        line and the key) if the text is not a valid configuration.
         """
         if name in self.layers:
             raise ValueError(f"a configuration layer is already called {name!r}")
@@ -166,28 +189,42 @@ class Configuration:
 
     def _apply(self) -> None:
         merged: dict[str, dict[str, str]] = {}
-        for _, sections in self._layers:
-            for section, values in sections.items():
+        origins: dict[tuple[str, str], str] = {}
+        for _, layer in self._layers:
+            for section, values in layer.sections.items():
                 merged.setdefault(section, {}).update(values)
+                for key in values:
+                    origins[section, key] = layer.where(section, key)
+
+        def at(section: str, key: str) -> str:
+            # Where a value came from, for an error about it.
+            return f"{origins.get((section, key), 'the defaults')}: [{section}] {key}"
+
         paths = merged.get("paths", {})
-        var_dir = os.path.abspath(os.path.expanduser(paths.get("var_dir", "var")))
+        var_dir = os.path.abspath(
+            os.path.expanduser(
+                _expand(paths.get("var_dir", "var"), {}, at("paths", "var_dir"))
+            )
+        )
         substitutions = {"VAR_DIR": var_dir}
         for key in ("queue_dir", "data_dir", "log_dir"):
             substitutions[key.upper()] = os.path.abspath(
-                _expand(paths.get(key, ""), substitutions, f"[paths] {key}")
+                _expand(paths.get(key, ""), substitutions, at("paths", key))
             )
         runners = {}
         for section in merged:
             if section.startswith("runner."):
                 name = section.removeprefix("runner.")
                 values = RUNNER_DEFAULTS | merged[section]
-                runners[name] = _runner_config(name, values, substitutions)
+                runners[name] = _runner_config(
+                    name, values, substitutions, lambda key, s=section: at(s, key)
+                )
         queues = merged.get("queues", {})
         max_entry_size = _size(
-            queues.get("max_entry_size", "32MiB"), "[queues] max_entry_size"
+            queues.get("max_entry_size", "32MiB"), at("queues", "max_entry_size")
         )
         stale_tmp_after = _duration(
-            queues.get("stale_tmp_after", "1h"), "[queues] stale_tmp_after"
+            queues.get("stale_tmp_after", "1h"), at("queues", "stale_tmp_after")
         )
         self._merged = merged
         self._paths = substitutions
@@ -268,30 +305,107 @@ class _Switchboards(Mapping[str, "Switchboard"]):
         return len(self._paths)
 
 
-def _parse(name: str, text: str) -> dict[str, dict[str, str]]:
+@dataclass(frozen=True)
+class _Layer:
+    """One layer's sections, and the line each section and key is on."""
+
+    name: str
+    sections: dict[str, dict[str, str]]
+    lines: dict[tuple[str, str | None], int]
+
+    def where(self, section: str, key: str | None = None) -> str:
+        source = (
+            self.name
+            if self.name.startswith("config file ")
+            else (f"configuration {self.name!r}")
+        )
+        line = self.lines.get((section, key))
+        return f"{source}, line {line}" if line else source
+
+
+_SECTION = re.compile(r"\s*\[(?P<name>[^\]]+)\]")
+_KEY = re.compile(r"(?P<key>[^\s:=#;][^:=]*?)\s*[:=]")
+
+
+def _parse(name: str, text: str) -> _Layer:
     parser = configparser.ConfigParser(interpolation=None, default_section="\0")
+    lines: dict[tuple[str, str | None], int] = {}
     try:
         parser.read_string(text, source=name)
     except configparser.Error as error:
-        raise ValueError(f"configuration {name!r}: {error}") from None
-    return {section: dict(parser[section]) for section in parser.sections()}
+        line = getattr(error, "lineno", None)
+        what = type(error).__name__.removesuffix("Error")
+        where = _Layer(name, {}, {}).where("")
+        raise ConfigurationError(
+            f"{where}{f', line {line}' if line else ''}: not a valid configuration "
+            f"({_WHAT_WENT_WRONG.get(what, what)})"
+        ) from None
+    section = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if match := _SECTION.match(line):
+            section = match["name"]
+            lines.setdefault((section, None), number)
+        elif (
+            section is not None
+            and not line[:1].isspace()
+            and (match := _KEY.match(line))
+        ):
+            lines.setdefault((section, match["key"].strip().lower()), number)
+    layer = _Layer(name, {s: dict(parser[s]) for s in parser.sections()}, lines)
+    for section, values in layer.sections.items():
+        if section.startswith("runner.") and len(section) > len("runner."):
+            known = set(RUNNER_DEFAULTS)
+        elif section in SECTION_KEYS:
+            known = SECTION_KEYS[section]
+        else:
+            raise ConfigurationError(
+                f"{layer.where(section)}: unknown section [{section}]"
+                + _near(section, [*SECTION_KEYS, *_RUNNER_SECTIONS])
+            )
+        for key in values:
+            if key not in known:
+                raise ConfigurationError(
+                    f"{layer.where(section, key)}: [{section}] unknown key "
+                    f"{key!r}" + _near(key, known)
+                )
+    return layer
+
+
+# Near misses of a runner section are of the built-in ones.
+_RUNNER_SECTIONS = [f"runner.{name}" for name in ("in", "out", "virgin", "retry")]
+
+_WHAT_WENT_WRONG = {
+    "MissingSectionHeader": "a line before any [section]",
+    "Parsing": "a line that is not 'key: value'",
+    "DuplicateSection": "a section given twice",
+    "DuplicateOption": "a key given twice in one section",
+}
+
+
+def _near(word: str, candidates: Iterable[str]) -> str:
+    """``" (did you mean X?)"`` for the candidate *word* is a near miss of."""
+    close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _expand(value: str, substitutions: dict[str, str], where: str) -> str:
     try:
         return string.Template(value).substitute(substitutions)
     except KeyError as error:
-        raise ValueError(
-            f"{where}: {value!r} uses ${error.args[0]}, which is not defined"
+        raise ConfigurationError(
+            f"{where} uses ${error.args[0]}, which is not defined"
+            + _near(error.args[0], substitutions)
         ) from None
     except ValueError as error:
-        raise ValueError(f"{where}: cannot expand {value!r} ({error})") from None
+        raise ConfigurationError(
+            f"{where}: cannot expand {value!r} ({error})"
+        ) from None
 
 
 def _duration(value: str, where: str) -> timedelta:
     match = _DURATION.fullmatch(value)
     if match is None:
-        raise ValueError(
+        raise ConfigurationError(
             f"{where} must be a duration such as 1s, 500ms or 15m, not {value!r}"
         )
     return timedelta(seconds=float(match[1]) * _SECONDS[match[2] or "s"])
@@ -301,39 +415,42 @@ def _size(value: str, where: str) -> int:
     match = _SIZE.fullmatch(value)
     factor = _SIZE_UNITS.get(match[2].lower()) if match else None
     if match is None or factor is None or int(match[1]) == 0:
-        raise ValueError(
+        raise ConfigurationError(
             f"{where} must be a size such as 32MiB, 500KB or 1048576, not {value!r}"
         )
     return int(match[1]) * factor
 
 
 def _runner_config(
-    name: str, values: dict[str, str], substitutions: dict[str, str]
+    name: str,
+    values: dict[str, str],
+    substitutions: dict[str, str],
+    at: Callable[[str], str],
 ) -> RunnerConfig:
-    where = f"[runner.{name}]"
-
     def integer(key: str, minimum: int) -> int:
         try:
             number = int(values[key])
         except ValueError:
             number = minimum - 1
         if number < minimum:
-            raise ValueError(
-                f"{where} {key} must be a whole number of at least {minimum}, "
+            raise ConfigurationError(
+                f"{at(key)} must be a whole number of at least {minimum}, "
                 f"not {values[key]!r}"
             )
         return number
 
     instances = integer("instances", 1)
     if instances & (instances - 1):
-        raise ValueError(f"{where} instances must be a power of two, not {instances}")
-    sleep_time = _duration(values["sleep_time"], f"{where} sleep_time")
+        raise ConfigurationError(
+            f"{at('instances')} must be a power of two, not {instances}"
+        )
+    sleep_time = _duration(values["sleep_time"], at("sleep_time"))
     start = _BOOLEANS.get(values["start"].strip().lower())
     if start is None:
-        raise ValueError(f"{where} start must be yes or no, not {values['start']!r}")
-    path = _expand(
-        values["path"].strip(), substitutions | {"name": name}, f"{where} path"
-    )
+        raise ConfigurationError(
+            f"{at('start')} must be yes or no, not {values['start']!r}"
+        )
+    path = _expand(values["path"].strip(), substitutions | {"name": name}, at("path"))
     return RunnerConfig(
         name=name,
         class_path=values["class"].strip(),
@@ -341,7 +458,7 @@ def _runner_config(
         instances=instances,
         max_restarts=integer("max_restarts", 0),
         sleep_time=sleep_time,
-        restart_window=_duration(values["restart_window"], f"{where} restart_window"),
+        restart_window=_duration(values["restart_window"], at("restart_window")),
         start=start,
     )
 

@@ -179,13 +179,69 @@ def test_a_bad_configuration_is_one_line(capsys, tmp_path, monkeypatch, var_dir)
     assert run(capsys, "queues") == (
         1,
         "",
-        "mailqueue: error: [runner.in] instances must be a power of two, not 3\n",
+        f"mailqueue: error: config file {bad}, line 2: "
+        "[runner.in] instances must be a power of two, not 3\n",
     )
     bad.write_text("this is not INI\n")
-    status, _, err = run(capsys, "queues")
-    assert status == 1 and err.startswith(
-        "mailqueue: error: configuration 'config file"
+    assert run(capsys, "queues") == (
+        1,
+        "",
+        f"mailqueue: error: config file {bad}, line 1: "
+        "not a valid configuration (a line before any [section])\n",
     )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "[pahts]\nvar_dir: x\n",
+            "line 1: unknown section [pahts] (did you mean paths?)",
+        ),
+        (
+            "[paths]\nvar_dri: x\n",
+            "line 2: [paths] unknown key 'var_dri' (did you mean var_dir?)",
+        ),
+        (
+            "[runner.in]\nsleep_time: 1s\ninstance: 2\n",
+            "line 3: [runner.in] unknown key 'instance' (did you mean instances?)",
+        ),
+        (
+            "[paths]\nvar_dir: $NOSUCH/x\n",
+            "line 2: [paths] var_dir uses $NOSUCH, which is not defined",
+        ),
+        (
+            "[paths]\nlog_dir: $VAR_DRI/logs\n",
+            "line 2: [paths] log_dir uses $VAR_DRI, which is not defined "
+            "(did you mean VAR_DIR?)",
+        ),
+        (
+            "[queues]\nmax_entry_size: 5 furlongs\n",
+            "line 2: [queues] max_entry_size must be a size such as 32MiB, 500KB "
+            "or 1048576, not '5 furlongs'",
+        ),
+    ],
+    ids=["section", "key", "runner-key", "variable", "near-variable", "value"],
+)
+def test_a_configuration_mistake_names_file_line_and_key(
+    capsys, tmp_path, var_dir, text, message
+):
+    site = tmp_path / "site.cfg"
+    site.write_text(text)
+    assert run(capsys, "-C", str(site), "queues") == (
+        1,
+        "",
+        f"mailqueue: error: config file {site}, {message}\n",
+    )
+    assert not (tmp_path / "$NOSUCH").exists() and not os.path.exists("var")
+
+
+def test_config_push_raises_a_configuration_error(var_dir):
+    from mailqueue.config import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"^configuration 'mine', line 1: "):
+        config.push("mine", "[pahts]\nvar_dir: x\n")
+    assert "mine" not in config.layers
 
 
 def test_unshunt_leaves_an_entry_that_names_no_queue(capsys, mlist):

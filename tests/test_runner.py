@@ -129,7 +129,7 @@ def test_a_sliced_runner_needs_its_slice(mlist):
         ("max_restarts: -1", "max_restarts must be a whole number of at least 0"),
         ("sleep_time: soon", "sleep_time must be a duration such as 1s"),
         ("start: maybe", "start must be yes or no, not 'maybe'"),
-        ("path: $NOWHERE/x", "path: '$NOWHERE/x' uses $NOWHERE, which is not defined"),
+        ("path: $NOWHERE/x", "path uses $NOWHERE, which is not defined"),
     ],
 )
 def test_bad_runner_settings_are_refused_with_the_key_named(var_dir, section, message):
