@@ -16,19 +16,21 @@ import importlib
 import io
 import json
 import os
+import re
 import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from mailqueue import qfile
+from mailqueue import __version__, qfile
 from mailqueue.config import config
 from mailqueue.lists import ListExistsError
 from mailqueue.logs import logging_to
 from mailqueue.master import Master, MasterRunning, master_pid, master_status
 from mailqueue.message import message_from_string
 from mailqueue.runner import Runner
+from mailqueue.switchboard import Switchboard, slice_owner
 from mailqueue.testing import dump_msgdata
 
 __all__ = ["CommandError", "main"]
@@ -49,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         print(f"mailqueue: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # the reader went away: console_script deals with it
     except (ValueError, OSError) as error:
         # Bad configuration values, unreadable files, full disks: still
         # the user's to fix, so one line and no traceback.
@@ -83,6 +87,11 @@ def _start(arguments: argparse.Namespace, config_file: str | None) -> int:
     command = [sys.executable, "-m", "mailqueue"]
     if config_file:
         command += ["-C", os.path.abspath(config_file)]
+    # A runner that cannot even be imported would only die and be given up
+    # on: say so now, before anything starts.
+    for section in config.runners.values():
+        if section.start:
+            _runner_class(section.name)
     if arguments.foreground:
         master = Master(command)
         try:
@@ -149,20 +158,54 @@ def _stop(arguments: argparse.Namespace, config_file: str | None) -> int:
 
 def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
     pid = master_pid()
+    runners = {}
+    if pid is not None:
+        for spec, runner in master_status().get("runners", {}).items():
+            state = runner.get("state", "running")
+            if state == "running" and not _owns_its_slice(spec, runner["pid"]):
+                state = "standing by"
+            runners[spec] = runner | {"state": state}
+    # A monitoring check can rely on the status: no master, or a slice given
+    # up, is a failure.
+    status = (
+        1
+        if pid is None
+        or any(runner["state"] == "given up" for runner in runners.values())
+        else 0
+    )
+    if arguments.json:
+        print(
+            json.dumps({"var_dir": config.VAR_DIR, "master": pid, "runners": runners})
+        )
+        return status
     if pid is None:
         print(f"no master is running on {config.VAR_DIR}")
-        return 1
+        return status
     print(f"mailqueue master running (pid {pid}) on {config.VAR_DIR}")
-    given_up = 0
-    for spec, runner in master_status().get("runners", {}).items():
-        state = runner.get("state", "running")
-        given_up += state == "given up"
+    for spec, runner in runners.items():
+        pid_text = str(runner["pid"] or "-")
         print(
-            f"  runner {spec:<12} {state:<11} pid {runner['pid'] or '-'!s:<8} "
+            f"  runner {spec:<12} {runner['state']:<11} pid {pid_text:<8} "
             f"restarts {runner['restarts']}"
         )
-    # A monitoring check can rely on the status: a slice given up is down.
-    return 1 if given_up else 0
+    return status
+
+
+def _owns_its_slice(spec: str, pid: int | None) -> bool:
+    """Whether the runner *pid* of *spec* holds its slice's lock (read only)."""
+    name, slice, count = spec.split(":")
+    section = config.runners.get(name)
+    if pid is None or section is None or section.path is None:
+        return True
+    owner = slice_owner(section.path, int(slice), int(count))
+    return owner is None or owner[1] == pid
+
+
+def _reopen(arguments: argparse.Namespace, config_file: str | None) -> int:
+    pid = _running_master()
+    os.kill(pid, signal.SIGHUP)
+    print(f"mailqueue master (pid {pid}) and its runners are reopening their logs")
+    return 0
 
 
 def _restart(arguments: argparse.Namespace, config_file: str | None) -> int:
@@ -172,8 +215,8 @@ def _restart(arguments: argparse.Namespace, config_file: str | None) -> int:
     return 0
 
 
-def _runner(arguments: argparse.Namespace, config_file: str | None) -> int:
-    name, slice = _runner_spec(arguments.spec)
+def _runner_class(name: str) -> type[Runner]:
+    """The class ``[runner.NAME]`` names, imported and checked."""
     section = config.runners[name]
     module_name, _, class_name = section.class_path.rpartition(".")
     try:
@@ -186,6 +229,18 @@ def _runner(arguments: argparse.Namespace, config_file: str | None) -> int:
         raise CommandError(
             f"[runner.{name}] class {section.class_path} is not a Runner"
         )
+    if runner_class is Runner:
+        # The base class disposes of nothing: such a queue holds entries for
+        # a person (bad, shunt), and no runner may drain it.
+        raise CommandError(
+            f"the {name} queue is held: [runner.{name}] names no runner class to run"
+        )
+    return runner_class
+
+
+def _runner(arguments: argparse.Namespace, config_file: str | None) -> int:
+    name, slice = _runner_spec(arguments.spec)
+    runner_class = _runner_class(name)
     with logging_to(config.LOG_DIR):
         runner = runner_class(name, slice)
         if arguments.once:
@@ -260,15 +315,30 @@ def _parse_message(data: bytes, source: str) -> Any:
         isinstance(defect, email.errors.MissingHeaderBodySeparatorDefect)
         for defect in msg.defects
     )
-    if not data.strip() or not msg.keys() or headerless:
+    if not data.strip() or not msg.keys():
         raise CommandError(f"{source} is not an RFC 5322 message (no header fields)")
+    if headerless:
+        # The parser stopped at a line that is neither a header field, nor its
+        # continuation, nor the blank line before the body: name it.
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                break
+            if not (line[:1].isspace() or _HEADER_FIELD.match(line)):
+                raise CommandError(
+                    f"{source}, line {number}: not a header field: {line[:60]!r}"
+                )
     return msg
+
+
+# A field name is printable ASCII but the colon, then the colon (RFC 5322).
+_HEADER_FIELD = re.compile(r"[!-9;-~]+:")
 
 
 def _qfile(arguments: argparse.Namespace, config_file: str | None) -> int:
     status = 0
     entries = []
     for path in arguments.files:
+        path = _entry_path(path)
         try:
             msg, metadata, _ = qfile.load_entry(path, config.max_entry_size)
             entries.append(_shown(path, msg, metadata, arguments.json))
@@ -283,6 +353,19 @@ def _qfile(arguments: argparse.Namespace, config_file: str | None) -> int:
     else:
         print("\n".join(entries), end="\n" if entries else "")
     return status
+
+
+def _entry_path(name: str) -> str:
+    """*name* as a path: a file base names its entry in whichever queue has it."""
+    if os.sep in name or qfile.parse_filebase(name) is None:
+        return name
+    for queue in sorted(config.runners):
+        directory = config.runners[queue].path
+        for extension in (".pck", ".bak", ".psv"):
+            path = os.path.join(directory or "", name + extension)
+            if directory and os.path.lexists(path):
+                return path
+    return name
 
 
 def _shown(path: str, msg: Any, metadata: dict[str, Any], as_json: bool) -> Any:
@@ -319,6 +402,10 @@ def _jsonable(value: Any) -> Any:
 
 def _unshunt(arguments: argparse.Namespace, config_file: str | None) -> int:
     shunt = config.switchboards["shunt"]
+    # As Mailman's does: entries an earlier unshunt was killed in the middle
+    # of (.bak files) go back to the shunt queue first.
+    recovering = Switchboard("shunt", shunt.queue_directory, recover=True)
+    del recovering
     status = 0
     for filebase in shunt.files:
         try:
@@ -347,6 +434,7 @@ def _unshunt(arguments: argparse.Namespace, config_file: str | None) -> int:
                     f"(whichq {target!r:.80}); left in shunt",
                     file=sys.stderr,
                 )
+                status = 1
                 continue
             new_filebase = config.switchboards[target].enqueue(msg, msgdata)
         except (TypeError, ValueError) as error:
@@ -379,15 +467,23 @@ def _queues(arguments: argparse.Namespace, config_file: str | None) -> int:
     if arguments.watch is None:
         _print_queues(arguments.json)
         return 0
+    terminal = sys.stdout.isatty()
     with contextlib.suppress(KeyboardInterrupt):
         while True:
-            # Clear the screen and draw again from its top-left corner.
-            sys.stdout.write("\033[H\033[2J")
-            print(
-                time.strftime("%H:%M:%S"),
-                f"every {arguments.watch:g} s; Ctrl-C to stop",
-            )
-            _print_queues(arguments.json)
+            if arguments.json:
+                # One JSON document a line, for a program to read as it comes.
+                print(json.dumps({"time": time.time(), "queues": _queue_counts()}))
+            else:
+                if terminal:
+                    # Clear the screen and draw again from its top-left corner.
+                    sys.stdout.write("\033[H\033[2J")
+                print(
+                    time.strftime("%H:%M:%S"),
+                    f"every {arguments.watch:g} s; Ctrl-C to stop",
+                )
+                _print_queues(False)
+                if not terminal:
+                    print()
             sys.stdout.flush()
             time.sleep(arguments.watch)
     return 0
@@ -451,6 +547,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the configuration file (default: $MAILQUEUE_CONFIG, else built-in "
         "defaults with all state under ./var)",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"mailqueue {__version__}"
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     def command(name: str, function: Any, text: str) -> argparse.ArgumentParser:
@@ -472,7 +571,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for them to stop (default: 60)",
     )
-    command("status", _status, "say whether a master runs, and its runners")
+    status = command("status", _status, "say whether a master runs, and its runners")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    command("reopen", _reopen, "make the master and its runners reopen their logs")
     command("restart", _restart, "make the master restart its runners")
     runner = command("runner", _runner, "run one runner in this process")
     runner.add_argument(
@@ -527,4 +628,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def console_script() -> None:
     """The entry point of the ``mailqueue`` console script."""
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Whoever read the output stopped reading (``| head``): not an error
+        # of ours, and nothing more to say.  Python must not flush again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
+    sys.exit(status)

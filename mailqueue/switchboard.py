@@ -18,7 +18,7 @@ from typing import Any
 from mailqueue import qfile
 from mailqueue.message import Message
 
-__all__ = ["MAX_BAK_COUNT", "STALE_TEMPORARY_AFTER", "Switchboard"]
+__all__ = ["MAX_BAK_COUNT", "STALE_TEMPORARY_AFTER", "Switchboard", "slice_owner"]
 
 #: How many times a ``.bak`` file is recovered before it is set aside in the
 #: ``bad`` queue, so that a message that kills its runner cannot loop forever.
@@ -113,20 +113,12 @@ class Switchboard:
         Its owner holds an exclusive ``flock`` on it for as long as it
         lives, and writes its host name and pid into it.
         """
-        # Beside the queue directory, not in it: the directory holds queue
-        # entries and nothing else.
-        parent, queue = os.path.split(os.path.normpath(self.queue_directory))
-        where = "" if self.slice is None else f"-{self.slice}-of-{self.numslices}"
-        return os.path.join(parent, f".{queue}{where}.owner")
+        return _owner_file(self.queue_directory, self.slice, self.numslices)
 
     def owner_id(self) -> str:
-        """Who owns this slice, as its lock file says: ``pid PID on HOST``."""
-        try:
-            with open(self.owner_file) as stream:
-                host, _, pid = stream.read(300).strip().partition(" ")
-        except OSError:
-            return "nobody"
-        return f"pid {pid} on {host}" if pid.isdigit() else "nobody"
+        """Who owns this slice: ``pid PID on HOST``, or ``nobody``."""
+        owner = slice_owner(self.queue_directory, self.slice, self.numslices)
+        return "nobody" if owner is None else f"pid {owner[1]} on {owner[0]}"
 
     def take_ownership(self) -> bool:
         """Become the owner of this slice if no process is; return whether it is.
@@ -399,6 +391,39 @@ class Switchboard:
         # in between can only count one recovery too many.
         qfile.write_file(backup, (message_pickle, metadata_pickle))
         os.rename(backup, queued)
+
+
+def _owner_file(queue_directory: str, slice: int | None, numslices: int) -> str:
+    # Beside the queue directory, not in it: the directory holds queue
+    # entries and nothing else.
+    parent, queue = os.path.split(os.path.normpath(queue_directory))
+    where = "" if slice is None or numslices == 1 else f"-{slice}-of-{numslices}"
+    return os.path.join(parent, f".{queue}{where}.owner")
+
+
+def slice_owner(
+    queue_directory: str, slice: int | None = None, numslices: int = 1
+) -> tuple[str, int] | None:
+    """Who owns a slice of a queue: its host and pid, or None if nobody does.
+
+    This reads the owner file and touches nothing.  The owner writes it when
+    it takes the lock, and a process of this host that is gone owns nothing.
+    """
+    try:
+        with open(_owner_file(queue_directory, slice, numslices)) as stream:
+            host, _, pid = stream.read(300).strip().partition(" ")
+    except OSError:
+        return None
+    if not pid.isdigit():
+        return None
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, and someone else's
+    return host, int(pid)
 
 
 def _flag(value: Any) -> bool:

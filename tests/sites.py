@@ -39,13 +39,14 @@ class Site:
                 "[runner.retry]\nstart: no\n[runner.virgin]\nstart: no\n" + extra
             )
 
-    def run(self, *arguments, check=True):
+    def run(self, *arguments, check=True, env=None):
         result = subprocess.run(
             [sys.executable, "-m", "mailqueue", "-C", self.config_file, *arguments],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
+            env=env,
         )
         if check:
             assert result.returncode == 0, result.stderr

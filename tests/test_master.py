@@ -82,12 +82,22 @@ def test_a_killed_runner_is_restarted_and_every_message_is_delivered(site):
     )
 
 
-def test_a_runner_that_crashes_on_start_is_restarted_max_restarts_times(site):
+BROKEN = """
+from mailqueue.runners import IncomingRunner
+
+class BrokenRunner(IncomingRunner):
+    def __init__(self, *arguments, **keywords):
+        raise RuntimeError("this runner cannot start")
+"""
+
+
+def test_a_runner_that_crashes_on_start_is_restarted_max_restarts_times(site, tmp_path):
+    (tmp_path / "broken.py").write_text(BROKEN)
     site = site(
-        "[runner.broken]\nclass: nosuch.module.Runner\nmax_restarts: 2\n"
+        "[runner.broken]\nclass: broken.BrokenRunner\nmax_restarts: 2\n"
         "[runner.out]\nstart: no\n"
     )
-    site.run("start")
+    site.run("start", env=os.environ | {"PYTHONPATH": str(tmp_path)})
     wait_for(lambda: "giving up" in site.log("error.log"), 60, "the master to give up")
     log = site.log("error.log") + site.log("runner.log")
     # Started once and restarted twice, each after a longer delay; died
