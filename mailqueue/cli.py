@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from mailqueue import __version__, qfile
+from mailqueue import __version__, qfile, queuetools
 from mailqueue.config import config
 from mailqueue.lists import ListExistsError
 from mailqueue.logs import logging_to
@@ -502,6 +502,109 @@ def _print_queues(as_json: bool) -> None:
         )
 
 
+def _list(arguments: argparse.Namespace, config_file: str | None) -> int:
+    entries = queuetools.list_entries(arguments.queue or None)
+    now = time.time()
+    if arguments.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "queue": entry.queue,
+                        "filebase": entry.filebase,
+                        "age": round(now - entry.when, 3),
+                        "size": entry.size,
+                        "list": entry.list,
+                        "sender": entry.sender,
+                        "subject": entry.subject,
+                        "problem": entry.problem,
+                    }
+                    for entry in entries
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    for entry in entries:
+        described = entry.problem or "  ".join(
+            (entry.list or "-", entry.sender or "-", entry.subject or "-")
+        )
+        print(
+            f"{entry.queue:<10} {entry.filebase}  {queuetools.age(entry, now):>4} "
+            f"{entry.size:>8}  {described}"
+        )
+    print(f"-- {len(entries)} {'entry' if len(entries) == 1 else 'entries'} waiting")
+    return 0
+
+
+def _act(arguments: argparse.Namespace, config_file: str | None) -> int:
+    action = arguments.act
+    entries = [
+        entry
+        for entry in queuetools.list_entries(arguments.queue or None)
+        if entry.held == (action == "release") or action in ("delete", "requeue")
+    ]
+    if arguments.filebases:
+        named = set(arguments.filebases)
+        chosen = [entry for entry in entries if entry.filebase in named]
+        missing = named - {entry.filebase for entry in chosen}
+    elif arguments.all or arguments.list or arguments.older_than:
+        chosen, missing = entries, set()
+    else:
+        raise CommandError(
+            "name the entries (file bases), or choose them with --all, --list "
+            "or --older-than"
+        )
+    if arguments.list:
+        chosen = [entry for entry in chosen if entry.list == arguments.list]
+    if arguments.older_than:
+        now = time.time()
+        chosen = [e for e in chosen if now - e.when > arguments.older_than]
+    status = 0
+    for filebase in sorted(missing):
+        print(
+            f"mailqueue: error: no {_WAITING[action]} entry {filebase}", file=sys.stderr
+        )
+        status = 1
+    with logging_to(config.LOG_DIR):
+        for entry in chosen:
+            try:
+                if action == "requeue":
+                    queuetools.requeue(entry, arguments.to)
+                else:
+                    getattr(queuetools, action)(entry)
+            except queuetools.EntryError as error:
+                print(f"mailqueue: error: {error}", file=sys.stderr)
+                status = 1
+                continue
+            where = f" to {arguments.to}" if action == "requeue" else ""
+            print(f"{_DONE[action]} {entry.filebase} ({entry.queue}){where}")
+    return status
+
+
+_WAITING = {
+    "delete": "waiting",
+    "hold": "queued",
+    "release": "held",
+    "requeue": "waiting",
+}
+_DONE = {
+    "delete": "deleted",
+    "hold": "held",
+    "release": "released",
+    "requeue": "requeued",
+}
+
+
+def _flush(arguments: argparse.Namespace, config_file: str | None) -> int:
+    pid = _running_master()
+    os.kill(pid, signal.SIGUSR2)
+    print(
+        f"mailqueue master (pid {pid}) woke its runners: deferred entries are tried now"
+    )
+    return 0
+
+
 def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:
     if arguments.action is None:
         for mlist in config.lists:
@@ -532,6 +635,18 @@ def _positive_seconds(text: str) -> float:
         value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
+def _positive_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration such as 15m: {text!r}")
     return value
 
 
@@ -618,6 +733,34 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="refresh in place (default: every 2 s)",
     )
+    listing = command(
+        "list", _list, "list the entries waiting in the queues, oldest first"
+    )
+    listing.add_argument(
+        "-q", "--queue", action="append", help="only this queue (again for more)"
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    for act, text in (
+        ("delete", "delete entries for good"),
+        ("hold", "hold queued entries: no runner sees them until they are released"),
+        ("release", "put held entries back in the queue they were held from"),
+        ("requeue", "move entries (queued, preserved in bad, or held) to a queue"),
+    ):
+        sub = command(act, _act, text)
+        sub.set_defaults(act=act)
+        if act == "requeue":
+            sub.add_argument("--to", required=True, metavar="QUEUE", help="the queue")
+        sub.add_argument("filebases", nargs="*", metavar="FILEBASE")
+        sub.add_argument("--all", action="store_true", help="every entry it can")
+        sub.add_argument("-q", "--queue", action="append", help="only from this queue")
+        sub.add_argument("--list", help="only the entries for this list (list-id)")
+        sub.add_argument(
+            "--older-than",
+            type=_positive_duration,
+            metavar="DURATION",
+            help="only entries older than this (30s, 15m, 2h, 1d)",
+        )
+    command("flush", _flush, "make the runners try their queues (retry too) now")
     lists = command("lists", _lists, "show, create or delete mailing lists")
     actions = lists.add_subparsers(dest="action", metavar="ACTION")
     for action, text in (("create", "create a list"), ("delete", "delete a list")):

@@ -2,7 +2,9 @@
 
 Everything is logged under ``mailqueue``: ``mailqueue.error`` for what went
 wrong with an entry, ``mailqueue.runner`` for a runner's life (starts,
-signals, stops) and ``mailqueue.debug`` for the details of each pass.  A
+signals, stops), ``mailqueue.admin`` for what an operator did to entries
+(deleted, held, released, requeued) and ``mailqueue.debug`` for the details
+of each pass.  A
 library adds no handlers; the program that runs it decides where lines go.
 """
 
@@ -16,7 +18,11 @@ from collections.abc import Iterator
 __all__ = ["LOG_FILES", "logging_to", "reopen_logs"]
 
 #: The log file of each logger, in the log directory.
-LOG_FILES = {"mailqueue.error": "error.log", "mailqueue.runner": "runner.log"}
+LOG_FILES = {
+    "mailqueue.error": "error.log",
+    "mailqueue.runner": "runner.log",
+    "mailqueue.admin": "admin.log",
+}
 
 logging.getLogger("mailqueue").addHandler(logging.NullHandler())
 

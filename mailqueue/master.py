@@ -9,7 +9,8 @@ Only restarts within the runner's ``restart_window`` count against its
 (``status`` says so, and exits non-zero) and then tries again, so a slice
 never stays down for good.  Signals to the master go on to the runners:
 SIGTERM and SIGINT stop everything (each runner finishes its current
-entry), SIGHUP reopens the logs, SIGUSR1 restarts the runners.
+entry), SIGHUP reopens the logs, SIGUSR1 restarts the runners, SIGUSR2
+wakes them to try their queues at once (``mailqueue flush``).
 
 Every runner holds the read end of a pipe whose write end only the master
 holds: however the master ends, even by SIGKILL, its runners read the end of
@@ -168,6 +169,9 @@ class Master:
         signal.signal(signal.SIGINT, self._stop_signal)
         signal.signal(signal.SIGHUP, self._hangup)
         signal.signal(signal.SIGUSR1, self._restart_all)
+        signal.signal(
+            signal.SIGUSR2, lambda signum, frame: self._signal_children(signum)
+        )
         # The runners' lifeline: they hold the read end, only the master the
         # write end, so they see its end when the master ends.
         self._pipe = os.pipe()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -33,6 +34,10 @@ elog = logging.getLogger("mailqueue.error")
 rlog = logging.getLogger("mailqueue.runner")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class _Wake(Exception):
+    """Raised by SIGUSR2 while the runner sleeps: try the queue now."""
 
 
 class RunnerInterrupt(Exception):
@@ -113,8 +118,8 @@ class Runner:
                 self._remove_stale_temporary_files()
                 # Mark the sleep before the last look at the stop flag: a stop
                 # signal then either is seen here or interrupts the sleep.
-                self._sleeping = True
                 try:
+                    self._sleeping = True
                     if self._stop:
                         break
                     if filecnt and not self._progress:
@@ -125,6 +130,9 @@ class Runner:
                     else:
                         self._fruitless = 0
                     self._snooze(filecnt)
+                except _Wake:
+                    self._fruitless = 0
+                    rlog.info("%s runner woken: trying its queue now", self.name)
                 finally:
                     self._sleeping = False
         except (KeyboardInterrupt, RunnerInterrupt):
@@ -142,12 +150,13 @@ class Runner:
             self.name,
             self.switchboard.owner_id(),
         )
-        self._sleeping = True
-        try:
-            while not self._stop and not self._owns_slice():
-                self._sleep(STANDBY_INTERVAL)
-        finally:
-            self._sleeping = False
+        while not self._stop and not self._owns_slice():
+            with contextlib.suppress(_Wake):
+                try:
+                    self._sleeping = True
+                    self._sleep(STANDBY_INTERVAL)
+                finally:
+                    self._sleeping = False
         if self.switchboard.owned_here:
             rlog.info("%s runner now owns its slice", self.name)
 
@@ -193,15 +202,20 @@ class Runner:
         """Install the handlers of a runner process's signals.
 
         SIGTERM, SIGINT and SIGUSR1 stop the runner after its current entry,
-        with :attr:`status` set to the signal; SIGHUP reopens the log files.
+        with :attr:`status` set to the signal; SIGHUP reopens the log files;
+        SIGUSR2 cuts a sleep short, so that the queue is tried at once.
         """
-        for signum in (*_STOP_SIGNALS, signal.SIGHUP):
+        for signum in (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR2):
             signal.signal(signum, self._signal_handler)
 
     def _signal_handler(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             reopen_logs()
             rlog.info("%s runner caught SIGHUP; reopened the logs", self.name)
+            return
+        if signum == signal.SIGUSR2:
+            if self._sleeping:
+                raise _Wake
             return
         self.stop()
         self.status = signum

@@ -33,11 +33,14 @@ class Site:
     def __init__(self, var_dir, extra=""):
         self.var_dir = var_dir
         self.config_file = os.path.join(var_dir, "site.cfg")
+        # retry and virgin do not start, unless the test's extra says so.
+        quiet = "".join(
+            f"[runner.{name}]\nstart: no\n"
+            for name in ("retry", "virgin")
+            if f"[runner.{name}]" not in extra
+        )
         with open(self.config_file, "w") as stream:
-            stream.write(
-                f"[paths]\nvar_dir: {var_dir}\n"
-                "[runner.retry]\nstart: no\n[runner.virgin]\nstart: no\n" + extra
-            )
+            stream.write(f"[paths]\nvar_dir: {var_dir}\n" + quiet + extra)
 
     def run(self, *arguments, check=True, env=None):
         result = subprocess.run(

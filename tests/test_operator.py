@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from sites import wait_for
@@ -182,3 +184,111 @@ def test_inject_names_a_malformed_header_line(capsys, var_dir, tmp_path):
         "'This is not a header'\n",
     )
     assert config.switchboards["in"].files == []
+
+
+def entry(subject, listid="test.example.com", queue="in"):
+    msg = message_from_string(f"From: a@example.com\nSubject: {subject}\n\nHi\n")
+    return config.switchboards[queue].enqueue(msg, listid=listid)
+
+
+def test_list_shows_every_waiting_entry_and_never_a_taken_one(capsys, var_dir):
+    first, taken = entry("first"), entry("taken")
+    config.switchboards["in"].dequeue(taken)  # a runner has it in hand
+    bad = config.switchboards["bad"]
+    Path(bad.queue_directory, "1600000000.0+" + "b" * 40 + ".psv").write_bytes(b"x")
+    status, out, _ = run(capsys, "list", "--json")
+    listed = json.loads(out)
+    assert status == 0
+    assert [(e["queue"], e["filebase"]) for e in listed] == [
+        ("bad", "1600000000.0+" + "b" * 40),
+        ("in", first),
+    ]
+    assert listed[0]["problem"].startswith("1600000000.0+" + "b" * 40 + ".psv: ")
+    assert (listed[1]["list"], listed[1]["sender"], listed[1]["subject"]) == (
+        "test.example.com",
+        "a@example.com",
+        "first",
+    )
+    # Acting on everything leaves the taken entry alone.
+    status, out, _ = run(capsys, "delete", "--all", "-q", "in")
+    assert (status, out) == (0, f"deleted {first} (in)\n")
+    assert config.switchboards["in"].get_files(".bak") == [taken]
+
+
+def test_selection_by_list_and_age(capsys, var_dir):
+    old = config.switchboards["in"].enqueue(
+        message_from_string("Subject: old\n\nHi\n"), listid="other.example.com"
+    )
+    os.rename(
+        os.path.join(config.switchboards["in"].queue_directory, old + ".pck"),
+        os.path.join(
+            config.switchboards["in"].queue_directory,
+            "1600000000.0+" + old.split("+")[1] + ".pck",
+        ),
+    )
+    old = "1600000000.0+" + old.split("+")[1]
+    new = entry("new")
+    assert run(capsys, "hold", "--older-than", "1d") == (0, f"held {old} (in)\n", "")
+    assert run(capsys, "release", "--list", "test.example.com") == (0, "", "")
+    assert run(capsys, "release", "--list", "other.example.com") == (
+        0,
+        f"released {old} (hold/in)\n",
+        "",
+    )
+    assert sorted(config.switchboards["in"].files) == sorted([old, new])
+    assert run(capsys, "hold") == (
+        1,
+        "",
+        "mailqueue: error: name the entries (file bases), or choose them with "
+        "--all, --list or --older-than\n",
+    )
+
+
+def test_requeue_out_of_bad_and_the_mistakes(capsys, var_dir):
+    preserved = entry("preserved")
+    queue = config.switchboards["in"]
+    queue.dequeue(preserved)
+    queue.finish(preserved, preserve=True)
+    assert run(capsys, "hold", preserved) == (
+        1,
+        "",
+        f"mailqueue: error: {preserved} is preserved in bad: requeue it instead\n",
+    )
+    assert run(capsys, "requeue", "--to", "nosuch", preserved) == (
+        1,
+        "",
+        "mailqueue: error: no queue is called 'nosuch'\n",
+    )
+    assert run(capsys, "release", preserved) == (
+        1,
+        "",
+        f"mailqueue: error: no held entry {preserved}\n",
+    )
+    assert run(capsys, "requeue", "--to", "in", preserved) == (
+        0,
+        f"requeued {preserved} (bad) to in\n",
+        "",
+    )
+    assert queue.files == [preserved]
+    with open(os.path.join(config.LOG_DIR, "admin.log")) as log:
+        assert log.read().endswith(f"requeued {preserved} from bad to in\n")
+
+
+def test_flush_wakes_the_retry_runner(site):
+    site = site("[runner.retry]\nstart: yes\nsleep_time: 1h\n")
+    create_list("test@example.com")
+    site.run("start")
+    wait_for(
+        lambda: "master started runner retry:0:1" in site.log("runner.log"), 30, ""
+    )
+    time.sleep(1)  # the retry runner is asleep now, for an hour
+    deferred = entry("deferred", queue="retry")
+    out = config.switchboards["out"]
+    time.sleep(1)
+    assert config.switchboards["retry"].files == [deferred]
+    flushed = site.run("flush")
+    assert flushed.stdout.startswith("mailqueue master (pid ")
+    # The out runner delivers what retry passes on.
+    wait_for(lambda: not config.switchboards["retry"].files, 30, "the retry runner")
+    wait_for(lambda: not out.files, 30, "the delivery")
+    assert "retry runner woken: trying its queue now" in site.log("runner.log")

@@ -1,0 +1,211 @@
+"""Queue tools for an operator: list entries, and delete, hold, release or requeue them.
+
+Modelled on Postfix's ``postqueue -p`` and ``postsuper -d/-h/-H/-r``.  Every
+action is one rename (or one unlink) of an entry that waits: a queued
+``.pck``, a preserved ``.psv`` in ``bad``, or a held entry.  It never
+replaces a file, it is made durable by flushing the directories it changed,
+and it is logged to ``mailqueue.admin``.  An entry a runner has taken
+(``.bak``) is never touched: a rename that loses the race to the runner
+fails, and the entry is left to it.
+
+Held entries wait in ``$QUEUE_DIR/hold/<queue>/``, where no runner looks;
+the directory remembers the queue that releasing them puts them back in.
+Listing reads every entry with the safe loader and creates nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mailqueue import qfile
+from mailqueue.config import config
+
+__all__ = [
+    "EntryError",
+    "QueueEntry",
+    "age",
+    "delete",
+    "hold",
+    "hold_directory",
+    "list_entries",
+    "release",
+    "requeue",
+]
+
+alog = logging.getLogger("mailqueue.admin")
+
+
+class EntryError(ValueError):
+    """An entry that cannot be acted on: gone, taken, held, or in the way."""
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One waiting entry, as an operator sees it."""
+
+    #: The queue it is in: ``in``, ``bad``, ... or ``hold/in`` when held.
+    queue: str
+    filebase: str
+    path: str
+    #: When it was made, in seconds since the epoch (from its file base).
+    when: float
+    size: int
+    #: The list it is for (its list-id or posting address), or empty.
+    list: str
+    sender: str
+    subject: str
+    #: Why it could not be read, for an entry that cannot be.
+    problem: str = ""
+
+    @property
+    def held(self) -> bool:
+        return self.queue.startswith("hold/")
+
+
+def hold_directory(queue: str) -> str:
+    """Where the entries held from *queue* wait."""
+    return os.path.join(config.QUEUE_DIR, "hold", queue)
+
+
+def _directories() -> list[tuple[str, str, str]]:
+    """Each place entries wait: (queue, directory, extension)."""
+    places = []
+    for name in sorted(config.runners):
+        path = config.runners[name].path
+        if path:
+            places.append((name, path, ".psv" if name == "bad" else ".pck"))
+    for name in sorted(config.runners):
+        places.append((f"hold/{name}", hold_directory(name), ".pck"))
+    return places
+
+
+def list_entries(queues: Iterable[str] | None = None) -> list[QueueEntry]:
+    """The entries waiting in *queues* (all of them, held ones too), oldest first."""
+    wanted = set(queues) if queues is not None else None
+    found = []
+    for queue, directory, extension in _directories():
+        if (
+            wanted is not None
+            and queue not in wanted
+            and queue.removeprefix("hold/") not in wanted
+        ):
+            continue
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            base, ext = os.path.splitext(name)
+            parsed = qfile.parse_filebase(base)
+            if ext == extension and parsed is not None:
+                found.append(_read(queue, os.path.join(directory, name), parsed))
+    return sorted(found, key=lambda entry: (entry.when, entry.filebase))
+
+
+def _read(queue: str, path: str, parsed: qfile.FileBase) -> QueueEntry:
+    try:
+        size = os.lstat(path).st_size
+        msg, metadata, _ = qfile.load_entry(path, config.max_entry_size)
+    except (OSError, qfile.QueueFileError) as error:
+        return QueueEntry(
+            queue, parsed.text, path, parsed.when, 0, "", "", "", str(error)
+        )
+    names = [metadata.get(key) for key in ("listid", "listname")]
+    mlist = next((name for name in names if isinstance(name, str)), "")
+    if isinstance(msg, str):
+        sender, subject = "", "(stored as text)"
+    else:
+        try:
+            sender, subject = msg.sender, str(msg.get("subject", ""))
+        except Exception:  # a message put together so that it cannot say
+            sender, subject = "", "(unreadable headers)"
+    return QueueEntry(
+        queue, parsed.text, path, parsed.when, size, mlist, sender, subject
+    )
+
+
+# Acting on one entry -----------------------------------------------------------
+
+
+def delete(entry: QueueEntry) -> None:
+    """Delete *entry* for good."""
+    try:
+        os.unlink(entry.path)
+    except FileNotFoundError:
+        raise EntryError(f"{entry.filebase} is gone (or a runner took it)") from None
+    qfile.fsync_directory(os.path.dirname(entry.path))
+    alog.info("deleted %s from %s", entry.filebase, entry.queue)
+
+
+def hold(entry: QueueEntry) -> str:
+    """Hold *entry*: no runner sees it until it is released.  Return where it is."""
+    if entry.held:
+        raise EntryError(f"{entry.filebase} is held already")
+    if entry.queue == "bad":
+        raise EntryError(f"{entry.filebase} is preserved in bad: requeue it instead")
+    target = os.path.join(hold_directory(entry.queue), entry.filebase + ".pck")
+    os.makedirs(os.path.dirname(target), mode=0o770, exist_ok=True)
+    _move(entry, target)
+    alog.info("held %s from %s", entry.filebase, entry.queue)
+    return target
+
+
+def release(entry: QueueEntry) -> str:
+    """Put a held *entry* back in the queue it was held from."""
+    if not entry.held:
+        raise EntryError(f"{entry.filebase} is not held")
+    queue = entry.queue.removeprefix("hold/")
+    path = config.runners[queue].path
+    assert path is not None
+    target = os.path.join(path, entry.filebase + ".pck")
+    _move(entry, target)
+    alog.info("released %s to %s", entry.filebase, queue)
+    return target
+
+
+def requeue(entry: QueueEntry, queue: str) -> str:
+    """Move *entry* (queued, preserved or held) to be queued in *queue*."""
+    section = config.runners.get(queue)
+    if section is None or section.path is None:
+        raise EntryError(f"no queue is called {queue!r}")
+    if entry.queue == queue:
+        raise EntryError(f"{entry.filebase} is in {queue} already")
+    target = os.path.join(section.path, entry.filebase + ".pck")
+    os.makedirs(section.path, mode=0o770, exist_ok=True)
+    _move(entry, target)
+    alog.info("requeued %s from %s to %s", entry.filebase, entry.queue, queue)
+    return target
+
+
+def _move(entry: QueueEntry, target: str) -> None:
+    # An operator's move races nobody but a runner taking the entry (which
+    # renames it to .bak: then this rename finds nothing), so the check
+    # that the target is free cannot go stale.
+    if os.path.lexists(target):
+        raise EntryError(f"{entry.filebase}: {target} exists already")
+    try:
+        os.rename(entry.path, target)
+    except FileNotFoundError:
+        raise EntryError(f"{entry.filebase} is gone (or a runner took it)") from None
+    except OSError as error:
+        if error.errno == errno.EXDEV:
+            raise EntryError(
+                f"{entry.filebase}: {target} is on another file system"
+            ) from None
+        raise
+    qfile.fsync_directory(os.path.dirname(target))
+    qfile.fsync_directory(os.path.dirname(entry.path))
+
+
+def age(entry: QueueEntry, now: float | None = None) -> str:
+    """How long *entry* has waited, as ``45s``, ``12m``, ``3h`` or ``2d``."""
+    seconds = max(0, int((now or time.time()) - entry.when))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
