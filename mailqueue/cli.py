@@ -160,11 +160,22 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
     pid = master_pid()
     runners = {}
     if pid is not None:
-        for spec, runner in master_status().get("runners", {}).items():
-            state = runner.get("state", "running")
-            if state == "running" and not _owns_its_slice(spec, runner["pid"]):
-                state = "standing by"
-            runners[spec] = runner | {"state": state}
+        reported = master_status().get("runners", {})
+        # Every configured slice: what the master says of it, or why nothing.
+        for section in sorted(config.runners.values(), key=lambda s: s.name):
+            if section.class_path == "mailqueue.runner.Runner":
+                continue  # a held queue: nothing runs it
+            for number in range(section.instances):
+                spec = f"{section.name}:{number}:{section.instances}"
+                runner = reported.get(spec)
+                if runner is None:
+                    state = "starting" if section.start else "not started"
+                    runner = {"pid": None, "restarts": 0}
+                else:
+                    state = runner.get("state", "running")
+                if state == "running" and not _owns_its_slice(spec, runner["pid"]):
+                    state = "standing by"
+                runners[spec] = runner | {"state": state}
     # A monitoring check can rely on the status: no master, or a slice given
     # up, is a failure.
     status = (
@@ -453,6 +464,11 @@ def _unshunt(arguments: argparse.Namespace, config_file: str | None) -> int:
 def _queue_counts() -> dict[str, dict[str, int]]:
     counts = {}
     for name in sorted(config.switchboards):
+        path = config.runners[name].path
+        if path is None or not os.path.isdir(path):
+            # Counting creates nothing: a queue never used has no entries.
+            counts[name] = {"pck": 0, "bak": 0, "psv": 0, "tmp": 0}
+            continue
         queue = config.switchboards[name]
         counts[name] = {
             extension[1:]: len(queue.get_files(extension))
@@ -607,8 +623,10 @@ def _flush(arguments: argparse.Namespace, config_file: str | None) -> int:
 
 def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:
     if arguments.action is None:
-        for mlist in config.lists:
-            print(mlist.fqdn_listname)
+        # Listing creates nothing: no database yet means no lists yet.
+        if os.path.exists(os.path.join(config.DATA_DIR, "lists.sqlite3")):
+            for mlist in config.lists:
+                print(mlist.fqdn_listname)
         return 0
     if arguments.action == "create":
         try:

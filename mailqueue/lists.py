@@ -150,12 +150,15 @@ class ListManager:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         os.makedirs(os.path.dirname(path), mode=0o770, exist_ok=True)
-        # Autocommit: every change is durable once its statement returns.
-        self._connection = sqlite3.connect(
-            path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._connection.execute("PRAGMA foreign_keys = ON")
-        self._connection.executescript(_SCHEMA)
+        try:
+            # Autocommit: every change is durable once its statement returns.
+            self._connection = sqlite3.connect(
+                path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._connection.execute("PRAGMA foreign_keys = ON")
+            self._connection.executescript(_SCHEMA)
+        except sqlite3.Error as error:
+            raise _database_error(path, error) from None
 
     @property
     def usable(self) -> bool:
@@ -164,7 +167,12 @@ class ListManager:
 
     def _query(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
         with self._lock:
-            return self._connection.execute(sql, parameters)
+            try:
+                return self._connection.execute(sql, parameters)
+            except sqlite3.IntegrityError:
+                raise  # the caller's to explain (a list that exists already)
+            except sqlite3.Error as error:
+                raise _database_error(self.path, error) from None
 
     def _make(self, row: tuple[str, str] | None) -> MailingList | None:
         return None if row is None else MailingList(row[0], Language(row[1]), self)
@@ -222,6 +230,12 @@ class ListManager:
         if self.usable:
             self._connection.close()
         self._connection = None
+
+
+def _database_error(path: str, error: sqlite3.Error) -> OSError:
+    # A database that cannot be opened or written (a read-only var
+    # directory, a full disk) is the system's trouble, said in one line.
+    return OSError(f"the list database {path}: {error}")
 
 
 def check_list_id(list_id: str) -> str:

@@ -67,6 +67,8 @@ def test_status_shows_every_slice_and_a_slice_standing_by(site):
     report = json.loads(status.stdout)
     assert report["master"] == site.status()["master"]
     assert report["runners"]["in:0:1"]["state"] == "standing by"
+    assert report["runners"]["out:0:1"]["state"] == "not started"
+    assert "bad:0:1" not in report["runners"]  # held: nothing runs it
     text = site.run("status").stdout.splitlines()
     assert text[1].startswith("  runner in:0:1       standing by pid ")
     del owner
@@ -292,3 +294,41 @@ def test_flush_wakes_the_retry_runner(site):
     wait_for(lambda: not config.switchboards["retry"].files, 30, "the retry runner")
     wait_for(lambda: not out.files, 30, "the delivery")
     assert "retry runner woken: trying its queue now" in site.log("runner.log")
+
+
+def test_reading_commands_create_nothing(capsys, tmp_path):
+    var_dir = tmp_path / "var"
+    site = tmp_path / "site.cfg"
+    site.write_text(f"[paths]\nvar_dir: {var_dir}\n")
+    for command in (["queues"], ["lists"], ["list"], ["status"]):
+        run(capsys, "-C", str(site), *command)
+    assert not var_dir.exists()
+
+
+def test_writing_to_a_read_only_var_dir_is_one_line(var_dir):
+    create_list("test@example.com")
+    config.lists.close()
+    # Root writes anywhere: the command runs as nobody, on root's files.
+    for directory, _, files in os.walk(var_dir):
+        os.chmod(directory, 0o755)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o644)
+    site = os.path.join(var_dir, "site.cfg")
+    with open(site, "w") as stream:
+        stream.write(f"[paths]\nvar_dir: {var_dir}\n")
+    as_nobody = (
+        "import os, sys\n"
+        "from mailqueue.cli import main\n"
+        "os.setgid(65534)\n"
+        "os.setuid(65534)\n"
+        f"sys.exit(main(['-C', {site!r}, 'lists', 'create', 'new@example.com']))\n"
+    )
+    created = subprocess.run(
+        [sys.executable, "-c", as_nobody], capture_output=True, text=True, timeout=60
+    )
+    database = os.path.join(config.DATA_DIR, "lists.sqlite3")
+    assert (created.returncode, created.stdout) == (1, "")
+    assert created.stderr == (
+        f"mailqueue: error: the list database {database}: "
+        "attempt to write a readonly database\n"
+    )
