@@ -14,7 +14,7 @@ help:
 	@echo "make docs   build the HTML documentation into build/html"
 	@echo "make docs-check  load every page in headless Chromium, check links and search"
 	@echo "make lint   check the code with ruff"
-	@echo "make bench  print what the queue costs on this machine"
+	@echo "make bench  what the queue costs, beside GNU Mailman and the bare system calls"
 	@echo "make fuzz   the full hostile-file run (10,000+ cases, a few minutes);"
 	@echo "            its figures go to docs/reliability-run.json"
 	@echo "make soak   the full kill -9 soak (10,000 messages, 250 runner kills) and"
@@ -76,7 +76,7 @@ soak: $(STAMP)
 	$(BIN)/python tests/soak/soak.py --report docs/soak-run.json
 
 bench: $(STAMP)
-	$(BIN)/python tests/bench/bench_queue.py
+	$(BIN)/python -W ignore::DeprecationWarning tests/bench/bench_queue.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache .hypothesis

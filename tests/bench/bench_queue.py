@@ -1,70 +1,211 @@
-"""Print what the queue costs on this machine: run with ``make bench``.
+"""What a queue costs, side by side: run with ``make bench``.
 
-- one durable cycle: enqueue (two fsyncs), dequeue, finish;
-- listing a queue of many entries;
-- a runner draining a queue of messages for a list.
+mailqueue, GNU Mailman 3.3.10 and a bare system-call floor run in one
+process, on one directory's file system, *interleaved round by round*, so
+that a machine that drifts (these shared machines drift by 30 %) drifts for
+all of them alike; every figure is a median of rounds with its [min-max],
+and every comparison is the median of the same-round ratios.
 
-Figures are medians of several rounds; nothing here asserts a speed.
+- a durable cycle (enqueue, dequeue, finish) of a 1 KB, 100 KB and 5 MB
+  message, and the same with ``fsync`` turned into a no-op (the CPU cost);
+- listing 1,000, 10,000 and 100,000 entries, whole and one slice of four;
+- a runner draining a queue through its real run loop, against the same
+  switchboard drained by hand.
+
+It prints the machine, warns when the machine is busy or creating files is
+slow, writes JSON to build/bench/bench.json, and asserts nothing.
 """
 
+from __future__ import annotations
+
 import argparse
+import contextlib
+import email
+import functools
+import json
 import os
+import platform
 import statistics
+import sys
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from mailqueue import Runner, Switchboard, config, create_list, message_from_string
 from mailqueue.testing import isolated_state
 
-TEXT = (
+HEADERS = (
     "From: aperson@example.com\nTo: test@example.com\nSubject: benchmark\n"
-    "Message-ID: <bench@example.com>\n\n" + "A line of the body.\n" * 50
+    "Message-ID: <bench@example.com>\n\n"
 )
+SIZES = {"1 KB": 1_000, "100 KB": 100_000, "5 MB": 5_000_000}
 
 
-def cycle(queue, msg, rounds):
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        filebase = queue.enqueue(msg, listid="test.example.com")
-        queue.dequeue(filebase)
-        queue.finish(filebase)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def text_of(size: int) -> str:
+    line = "A line of the body, as a message has many.\n"
+    return HEADERS + line * max(1, (size - len(HEADERS)) // len(line))
 
 
-def floor(directory, payload, rounds):
+# The three implementations of one cycle ----------------------------------------
+
+
+class Floor:
     """The same cycle as bare system calls: what no implementation can beat."""
-    times = []
-    for number in range(rounds):
-        base = os.path.join(directory, str(number))
-        start = time.perf_counter()
+
+    def __init__(self, directory: str, payload: bytes) -> None:
+        self.directory = directory
+        self.payload = payload
+        self.number = 0
+
+    def cycle(self) -> None:
+        self.number += 1
+        base = os.path.join(self.directory, str(self.number))
         fd = os.open(base + ".pck.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
-        os.write(fd, payload)
+        os.write(fd, self.payload)
         os.fsync(fd)
         os.close(fd)
         os.rename(base + ".pck.tmp", base + ".pck")
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        os.fsync(dfd)
-        os.close(dfd)
+        directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(directory)
+        os.close(directory)
         os.rename(base + ".pck", base + ".bak")
-        with open(base + ".bak", "rb") as stream:
-            stream.read()
+        fd = os.open(base + ".bak", os.O_RDONLY)
+        while os.read(fd, 1 << 20):
+            pass
+        os.close(fd)
         os.unlink(base + ".bak")
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
-def listing(directory, entries, rounds):
-    for number in range(entries):
-        name = f"{1700000000 + number * 0.001!r}+{number:040x}.pck"
-        open(os.path.join(directory, name), "wb").close()
-    queue = Switchboard("listing", directory)
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        assert len(queue.files) == entries
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def mailqueue_cycle(queue: Switchboard, msg: object) -> Callable[[], None]:
+    def cycle() -> None:
+        filebase = queue.enqueue(msg, listid="test.example.com")
+        queue.dequeue(filebase)
+        queue.finish(filebase)
+
+    return cycle
+
+
+def mailman_cycle(queue: object, msg: object) -> Callable[[], None]:
+    def cycle() -> None:
+        filebase = queue.enqueue(msg, listid="test.example.com")
+        queue.dequeue(filebase)
+        queue.finish(filebase)
+
+    return cycle
+
+
+# Running things side by side ------------------------------------------------------
+
+
+def interleaved(
+    contenders: dict[str, Callable[[], None]], rounds: int, per_round: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each contender, one figure a round, in rotating order."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for number in range(rounds):
+        order = names[number % len(names) :] + names[: number % len(names)]
+        for name in order:
+            call = contenders[name]
+            start = time.perf_counter()
+            for _ in range(per_round):
+                call()
+            times[name].append((time.perf_counter() - start) / per_round)
+    return times
+
+
+def summary(times: dict[str, list[float]], unit: float, label: str) -> dict:
+    """Medians [min-max] and same-round ratios to mailqueue."""
+    figures = {
+        name: {
+            "median": statistics.median(values) / unit,
+            "min": min(values) / unit,
+            "max": max(values) / unit,
+        }
+        for name, values in times.items()
+    }
+    ratios = {}
+    for name, values in times.items():
+        if name != "mailqueue":
+            per_round = [
+                ours / theirs
+                for ours, theirs in zip(times["mailqueue"], values, strict=True)
+            ]
+            ratios[f"mailqueue / {name}"] = {
+                "median": statistics.median(per_round),
+                "min": min(per_round),
+                "max": max(per_round),
+            }
+    return {"unit": label, "figures": figures, "ratios": ratios}
+
+
+@contextlib.contextmanager
+def fsync_disabled() -> Iterator[None]:
+    real = os.fsync
+    os.fsync = lambda fd: None
+    try:
+        yield
+    finally:
+        os.fsync = real
+
+
+@functools.cache
+def start_mailman() -> tuple[type, type]:
+    from mailqueue.conformance.mailman import MailmanAdapter
+
+    MailmanAdapter().start()
+    from mailman.core.switchboard import Switchboard as MailmanSwitchboard
+    from mailman.email.message import Message as MailmanMessage
+
+    return MailmanSwitchboard, MailmanMessage
+
+
+def cycles(root: str, rounds: int, per_round: int, fsync: bool) -> dict[str, dict]:
+    mailman_switchboard, mailman_message = start_mailman()
+    results = {}
+    for label, size in SIZES.items():
+        text = text_of(size)
+        ours = Switchboard("cycle", os.path.join(root, "mq-cycle"))
+        theirs = mailman_switchboard("cycle", os.path.join(root, "mm-cycle"))
+        floor_directory = os.path.join(root, "floor-cycle")
+        os.makedirs(floor_directory, exist_ok=True)
+        contenders = {
+            "mailqueue": mailqueue_cycle(ours, message_from_string(text)),
+            "mailman": mailman_cycle(
+                theirs, email.message_from_string(text, _class=mailman_message)
+            ),
+            "floor": Floor(floor_directory, text.encode() + bytes(300)).cycle,
+        }
+        few = max(1, per_round // (10 if size > 1_000_000 else 1))
+        with fsync_disabled() if not fsync else contextlib.nullcontext():
+            times = interleaved(contenders, rounds, few)
+        results[label] = summary(times, 1e-6, "µs a cycle")
+    return results
+
+
+def listings(root: str, sizes: list[int], rounds: int) -> dict[str, dict]:
+    mailman_switchboard, _ = start_mailman()
+    results = {}
+    for entries in sizes:
+        directory = os.path.join(root, f"listing-{entries}")
+        os.makedirs(directory, exist_ok=True)
+        for number in range(entries):
+            # Times of 9 and 10 integer digits, as the spec allows.
+            when = (999_999_000 if number % 7 == 0 else 1_700_000_000) + number * 0.001
+            name = f"{when!r}+{number * 2654435761 % 2**160:040x}.pck"
+            open(os.path.join(directory, name), "wb").close()
+        for slice, count in ((None, 1), (0, 4)):
+            ours = Switchboard("listing", directory, slice, count)
+            theirs = mailman_switchboard("listing", directory, slice, count)
+            contenders = {
+                "mailqueue": lambda ours=ours: ours.files,
+                "mailman": lambda theirs=theirs: theirs.files,
+                "floor": lambda directory=directory: sorted(os.listdir(directory)),
+            }
+            times = interleaved(contenders, rounds, 1)
+            where = f"{entries:,} entries" + ("" if slice is None else ", slice 0 of 4")
+            results[where] = summary(times, 1e-3, "ms a listing")
+    return results
 
 
 class Drain(Runner):
@@ -76,51 +217,118 @@ class Drain(Runner):
             self.stop()
 
 
-def drain(msg, messages, rounds):
+def drains(messages: int, rounds: int) -> dict:
+    config.push("bench-drain", "[runner.drain]\n")
     mlist = create_list("drain@example.com")
-    rates = []
-    for _ in range(rounds):
-        queue = config.switchboards["drain"]
+    msg = message_from_string(text_of(1_000))
+    queue = config.switchboards["drain"]
+
+    def fill() -> None:
         for _ in range(messages):
             queue.enqueue(msg, listid=mlist.list_id)
-        runner = Drain("drain")
+
+    def runner() -> float:
+        fill()
         start = time.perf_counter()
-        runner.run()
-        rates.append(messages / (time.perf_counter() - start))
-        assert queue.files == []
-    return statistics.median(rates)
+        Drain("drain").run()
+        return time.perf_counter() - start
+
+    def by_hand() -> float:
+        fill()
+        start = time.perf_counter()
+        for filebase in queue.files:
+            queue.dequeue(filebase)
+            queue.finish(filebase)
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"mailqueue": [], "bare switchboard": []}
+    for _ in range(rounds):
+        times["mailqueue"].append(runner() / messages)
+        times["bare switchboard"].append(by_hand() / messages)
+    config.pop("bench-drain")
+    return summary(times, 1e-6, "µs a message")
 
 
-def main():
+def machine(root: str) -> dict:
+    """The machine, and warnings about what makes figures unreliable."""
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    probe = os.path.join(root, "probe")
+    for number in range(200):
+        open(f"{probe}-{number}", "wb").close()
+    created = (time.perf_counter() - start) / 200
+    for number in range(200):
+        os.unlink(f"{probe}-{number}")
+    warnings = []
+    if load > 0.5 * (os.cpu_count() or 1):
+        warnings.append(f"the machine is busy (load {load:.1f})")
+    if created > 200e-6:
+        warnings.append(
+            f"creating a file takes {created * 1e6:.0f} µs: the disk is slow"
+        )
+    return {
+        "python": platform.python_version(),
+        "system": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load": round(load, 2),
+        "file creation (µs)": round(created * 1e6, 1),
+        "warnings": warnings,
+    }
+
+
+def table(title: str, results: dict[str, dict]) -> list[str]:
+    lines = [title]
+    for what, result in results.items():
+        figures = "; ".join(
+            f"{name} {f['median']:,.1f} [{f['min']:,.1f}-{f['max']:,.1f}]"
+            for name, f in result["figures"].items()
+        )
+        ratios = "; ".join(
+            f"{name} {r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}]"
+            for name, r in result["ratios"].items()
+        )
+        lines.append(f"  {what:<24} {result['unit']}: {figures}")
+        lines.append(f"  {'':<24} {ratios}")
+    return lines
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=2000)
-    parser.add_argument("--entries", type=int, default=100_000)
-    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--cycles", type=int, default=40, help="cycles a round")
+    parser.add_argument(
+        "--entries", type=int, nargs="+", default=[1_000, 10_000, 100_000]
+    )
+    parser.add_argument("--messages", type=int, default=2000, help="a drain's")
+    parser.add_argument("--json", type=Path, default=Path("build/bench/bench.json"))
     arguments = parser.parse_args()
-    msg = message_from_string(TEXT)
-    with isolated_state() as var_dir:
-        config.push("bench", "[runner.drain]\n")
-        queue = Switchboard("cycle", os.path.join(var_dir, "cycle"))
-        ours = cycle(queue, msg, arguments.cycles)
-        bare = floor(
-            queue.queue_directory, TEXT.encode() + bytes(300), arguments.cycles
+    with isolated_state() as root:
+        report = {"machine": machine(root)}
+        for warning in report["machine"]["warnings"]:
+            print(f"warning: {warning}; the figures may not hold", file=sys.stderr)
+        report["durable cycle"] = cycles(root, arguments.rounds, arguments.cycles, True)
+        report["cycle, fsync off"] = cycles(
+            root, arguments.rounds, arguments.cycles, False
         )
-        print(
-            f"durable cycle (enqueue+dequeue+finish): {ours * 1e6:.0f} µs median "
-            f"of {arguments.cycles}; bare system calls: {bare * 1e6:.0f} µs; "
-            f"ratio {ours / bare:.2f}"
+        report["listing"] = listings(
+            root, arguments.entries, max(3, arguments.rounds // 3)
         )
-        directory = os.path.join(var_dir, "listing")
-        os.makedirs(directory)
-        print(
-            f"listing {arguments.entries:,} entries: "
-            f"{listing(directory, arguments.entries, 5) * 1e3:.0f} ms median of 5"
-        )
-        print(
-            f"runner drain: {drain(msg, arguments.messages, 3):,.0f} messages/s "
-            f"median of 3 x {arguments.messages}"
-        )
+        report["drain"] = {
+            f"{arguments.messages:,} entries": drains(
+                arguments.messages, max(3, arguments.rounds // 5)
+            )
+        }
+    print(
+        f"{report['machine']['system']}, {report['machine']['cpus']} CPUs, "
+        f"Python {report['machine']['python']}, load {report['machine']['load']}"
+    )
+    for title in ("durable cycle", "cycle, fsync off", "listing", "drain"):
+        print("\n".join(table(title, report[title])))
+    arguments.json.parent.mkdir(parents=True, exist_ok=True)
+    arguments.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"(JSON in {arguments.json})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The side-by-side benchmark still runs: a tiny run of it, in a child.
+
+``make bench`` is the real run; this only keeps it from rotting, and asserts
+nothing about speed.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).with_name("bench_queue.py")
+
+
+def test_the_benchmark_runs_every_measure_side_by_side(tmp_path):
+    report = tmp_path / "bench.json"
+    arguments = ["--rounds", "2", "--cycles", "2", "--entries", "200"]
+    arguments += ["--messages", "20", "--json", str(report)]
+    finished = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", str(BENCH), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    figures = json.loads(report.read_text())
+    for measure in ("durable cycle", "cycle, fsync off"):
+        assert set(figures[measure]) == {"1 KB", "100 KB", "5 MB"}
+        for result in figures[measure].values():
+            assert set(result["figures"]) == {"mailqueue", "mailman", "floor"}
+            assert set(result["ratios"]) == {"mailqueue / mailman", "mailqueue / floor"}
+    assert set(figures["listing"]) == {"200 entries", "200 entries, slice 0 of 4"}
+    assert "mailqueue / bare switchboard" in figures["drain"]["20 entries"]["ratios"]
