@@ -76,7 +76,7 @@ soak: $(STAMP)
 	$(BIN)/python tests/soak/soak.py --report docs/soak-run.json
 
 bench: $(STAMP)
-	$(BIN)/python -W ignore::DeprecationWarning tests/bench/bench_queue.py
+	$(BIN)/python -W ignore::DeprecationWarning tests/bench/bench_queue.py --json docs/bench-run.json
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache .hypothesis

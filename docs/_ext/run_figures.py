@@ -1,8 +1,9 @@
-"""Figures of the last full runs, as tables: ``hostile-run`` and ``soak-run``.
+"""Figures of the last full runs, as tables: ``hostile-run``, ``soak-run``
+and ``bench-run``.
 
-They read the JSON reports that ``make fuzz`` (docs/reliability-run.json)
-and ``make soak`` (docs/soak-run.json) write, so the published figures
-always come from a real run.
+They read the JSON reports that ``make fuzz`` (docs/reliability-run.json),
+``make soak`` (docs/soak-run.json) and ``make bench`` (docs/bench-run.json)
+write, so the published figures always come from a real run.
 """
 
 import json
@@ -127,7 +128,59 @@ class SoakRun(SphinxDirective):
         return [container]
 
 
+class BenchRun(SphinxDirective):
+    required_arguments = 1  # the report, relative to this document
+
+    def run(self):
+        path = Path(self.env.doc2path(self.env.docname)).parent / self.arguments[0]
+        if not path.exists():
+            raise self.error(f"no benchmark report at {path}: run make bench")
+        self.env.note_dependency(str(path))
+        report = json.loads(path.read_text())
+        machine = report["machine"]
+        lines = [
+            f"Run on {report.get('date', 'an unrecorded date')}: {machine['system']}, "
+            f"{machine['cpus']} CPUs, Python {machine['python']}, load "
+            f"{machine['load']}, {machine['file creation (µs)']} µs to create a file"
+            + (
+                f"; warnings: {'; '.join(machine['warnings'])}"
+                if machine["warnings"]
+                else ""
+            )
+            + ".",
+            "",
+        ]
+        for measure in ("durable cycle", "cycle, fsync off", "listing", "drain"):
+            lines += [
+                f".. list-table:: {measure}",
+                "   :header-rows: 1",
+                "",
+                "   * - what",
+                "     - median [min-max]",
+                "     - same-round ratios, median [min-max]",
+            ]
+            for what, result in report[measure].items():
+                figures = "; ".join(
+                    f"{name} {f['median']:,.1f} [{f['min']:,.1f}-{f['max']:,.1f}]"
+                    for name, f in result["figures"].items()
+                )
+                ratios = "; ".join(
+                    f"{name} {r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}]"
+                    for name, r in result["ratios"].items()
+                )
+                lines += [
+                    f"   * - {what}",
+                    f"     - {result['unit']}: {figures}",
+                    f"     - {ratios}",
+                ]
+            lines.append("")
+        container = nodes.container(classes=["bench-run"])
+        self.state.nested_parse(StringList(lines), self.content_offset, container)
+        return [container]
+
+
 def setup(app):
+    app.add_directive("bench-run", BenchRun)
     app.add_directive("hostile-run", HostileRun)
     app.add_directive("soak-run", SoakRun)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

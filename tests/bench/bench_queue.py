@@ -303,7 +303,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=Path("build/bench/bench.json"))
     arguments = parser.parse_args()
     with isolated_state() as root:
-        report = {"machine": machine(root)}
+        report = {
+            "date": time.strftime("%Y-%m-%d"),
+            "command": "make bench",
+            "machine": machine(root),
+        }
         for warning in report["machine"]["warnings"]:
             print(f"warning: {warning}; the figures may not hold", file=sys.stderr)
         report["durable cycle"] = cycles(root, arguments.rounds, arguments.cycles, True)
