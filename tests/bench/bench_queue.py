@@ -76,16 +76,9 @@ class Floor:
         os.unlink(base + ".bak")
 
 
-def mailqueue_cycle(queue: Switchboard, msg: object) -> Callable[[], None]:
-    def cycle() -> None:
-        filebase = queue.enqueue(msg, listid="test.example.com")
-        queue.dequeue(filebase)
-        queue.finish(filebase)
+def switchboard_cycle(queue: object, msg: object) -> Callable[[], None]:
+    """One cycle through *queue*, mailqueue's or Mailman's: the same calls."""
 
-    return cycle
-
-
-def mailman_cycle(queue: object, msg: object) -> Callable[[], None]:
     def cycle() -> None:
         filebase = queue.enqueue(msg, listid="test.example.com")
         queue.dequeue(filebase)
@@ -170,8 +163,8 @@ def cycles(root: str, rounds: int, per_round: int, fsync: bool) -> dict[str, dic
         floor_directory = os.path.join(root, "floor-cycle")
         os.makedirs(floor_directory, exist_ok=True)
         contenders = {
-            "mailqueue": mailqueue_cycle(ours, message_from_string(text)),
-            "mailman": mailman_cycle(
+            "mailqueue": switchboard_cycle(ours, message_from_string(text)),
+            "mailman": switchboard_cycle(
                 theirs, email.message_from_string(text, _class=mailman_message)
             ),
             "floor": Floor(floor_directory, text.encode() + bytes(300)).cycle,
