@@ -38,6 +38,7 @@ from mailqueue import safepickle
 
 __all__ = [
     "DIGEST_BITS",
+    "FILEBASE",
     "MAX_ENTRY_SIZE",
     "PICKLE_PROTOCOL",
     "QFILE_SCHEMA_VERSION",
@@ -61,7 +62,8 @@ DIGEST_BITS = 160
 #: The largest entry read or written, in bytes, unless the queue says otherwise.
 MAX_ENTRY_SIZE = 32 * 2**20
 
-_FILEBASE = re.compile(r"(?P<when>[0-9]+(?:\.[0-9]+)?)\+(?P<digest>[0-9a-fA-F]{40})")
+#: What a file base is: ``<time>+<digest>``.
+FILEBASE = re.compile(r"(?P<when>[0-9]+(?:\.[0-9]+)?)\+(?P<digest>[0-9a-fA-F]{40})")
 
 
 class QueueFileError(ValueError):
@@ -78,7 +80,7 @@ class FileBase(NamedTuple):
 
 def parse_filebase(text: str) -> FileBase | None:
     """Parse ``<time>+<digest>``; return None if *text* is not of that form."""
-    match = _FILEBASE.fullmatch(text)
+    match = FILEBASE.fullmatch(text)
     if match is None:
         return None
     return FileBase(float(match["when"]), int(match["digest"], 16), text)

@@ -12,7 +12,6 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 from mailqueue import qfile
@@ -289,7 +288,30 @@ class Switchboard:
         Entries are ordered by the time in their name, then by digest.  A
         file whose name is not a file base is logged and left alone.
         """
-        return [parsed.text for parsed in sorted(self._scan(extension))]
+        cut = len(extension)
+        keyed = []
+        for name in os.listdir(self.queue_directory):
+            if not name.endswith(extension):
+                continue
+            base = name[:-cut]
+            match = qfile.FILEBASE.fullmatch(base)
+            if match is None:
+                self._report_stray(name)
+                continue
+            digest = match["digest"].lower()
+            if self.slice is not None and int(digest, 16) >> self._shift != self.slice:
+                continue
+            # Fixed-width lower-case hex sorts as the number it writes.
+            keyed.append((float(match["when"]), digest, base))
+        keyed.sort()
+        return [base for _, _, base in keyed]
+
+    def _report_stray(self, name: str) -> None:
+        if name not in self._reported:
+            self._reported.add(name)
+            elog.warning(
+                "Ignoring %s in the %s queue: not a queue file name", name, self.name
+            )
 
     def get_temporary_files(self) -> list[str]:
         """The names of this slice's ``.tmp`` files: entries being written, or
@@ -327,25 +349,6 @@ class Switchboard:
 
     def _in_slice(self, parsed: qfile.FileBase) -> bool:
         return self.slice is None or parsed.digest >> self._shift == self.slice
-
-    def _scan(self, extension: str) -> Iterator[qfile.FileBase]:
-        with os.scandir(self.queue_directory) as entries:
-            for entry in entries:
-                base, ext = os.path.splitext(entry.name)
-                if ext != extension:
-                    continue
-                parsed = qfile.parse_filebase(base)
-                if parsed is None:
-                    if entry.name in self._reported:
-                        continue
-                    self._reported.add(entry.name)
-                    elog.warning(
-                        "Ignoring %s in the %s queue: not a queue file name",
-                        entry.name,
-                        self.name,
-                    )
-                elif self._in_slice(parsed):
-                    yield parsed
 
     def recover_backup_files(self) -> None:
         """Put this slice's ``.bak`` files back in the queue.
