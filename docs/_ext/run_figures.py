@@ -150,7 +150,15 @@ class BenchRun(SphinxDirective):
             + ".",
             "",
         ]
-        for measure in ("durable cycle", "cycle, fsync off", "listing", "drain"):
+        for measure in (
+            "durable cycle",
+            "cycle, fsync off",
+            "listing",
+            "peak memory",
+            "drain",
+        ):
+            if measure not in report:
+                continue
             lines += [
                 f".. list-table:: {measure}",
                 "   :header-rows: 1",

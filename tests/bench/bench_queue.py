@@ -9,6 +9,7 @@ and every comparison is the median of the same-round ratios.
 - a durable cycle (enqueue, dequeue, finish) of a 1 KB, 100 KB and 5 MB
   message, and the same with ``fsync`` turned into a no-op (the CPU cost);
 - listing 1,000, 10,000 and 100,000 entries, whole and one slice of four;
+- the peak memory of listing 1,000,000 entries, each in a fresh process;
 - a runner draining a queue through its real run loop, against the same
   switchboard drained by hand.
 
@@ -242,6 +243,59 @@ def drains(messages: int, rounds: int) -> dict:
     return summary(times, 1e-6, "µs a message")
 
 
+PEAK = """
+import os, resource, sys
+kind, directory = sys.argv[1], sys.argv[2]
+if kind == "mailqueue":
+    from mailqueue import Switchboard
+    found = len(Switchboard("peak", directory).files)
+elif kind == "mailman":
+    from mailman.core.switchboard import Switchboard
+    found = len(Switchboard("peak", directory).files)
+else:
+    found = len(sorted(os.listdir(directory)))
+print(found, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_memory(entries: int, rounds: int) -> dict:
+    """The peak memory of listing *entries* entries, each in a fresh process.
+
+    The entries are made in memory (/dev/shm where there is one): a million
+    files on this disk would take minutes to make and slow it for minutes
+    after they are removed, and the memory a listing takes does not depend
+    on the file system.
+    """
+    import subprocess
+    import tempfile
+
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(dir=base) as directory:
+        for number in range(entries):
+            when = 1_700_000_000 + number * 0.001
+            name = f"{when!r}+{number * 2654435761 % 2**160:040x}.pck"
+            os.close(os.open(os.path.join(directory, name), os.O_CREAT | os.O_WRONLY))
+
+        def measure(kind: str) -> Callable[[], None]:
+            def run() -> None:
+                out = subprocess.run(
+                    [sys.executable, "-W", "ignore", "-c", PEAK, kind, directory],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    timeout=600,
+                ).stdout.split()
+                assert int(out[0]) == entries, out
+                peaks[kind].append(int(out[1]) * 1024)
+
+            return run
+
+        peaks: dict[str, list[float]] = {"mailqueue": [], "mailman": [], "floor": []}
+        # A fresh process a round: its peak, not its time, is the figure.
+        interleaved({kind: measure(kind) for kind in peaks}, rounds, 1)
+    return summary(peaks, 2**20, "MiB at the peak")
+
+
 def machine(root: str) -> dict:
     """The machine, and warnings about what makes figures unreliable."""
     load = os.getloadavg()[0]
@@ -293,6 +347,9 @@ def main() -> int:
         "--entries", type=int, nargs="+", default=[1_000, 10_000, 100_000]
     )
     parser.add_argument("--messages", type=int, default=2000, help="a drain's")
+    parser.add_argument(
+        "--peak-entries", type=int, default=1_000_000, help="listed for peak memory"
+    )
     parser.add_argument("--json", type=Path, default=Path("build/bench/bench.json"))
     arguments = parser.parse_args()
     with isolated_state() as root:
@@ -310,6 +367,11 @@ def main() -> int:
         report["listing"] = listings(
             root, arguments.entries, max(3, arguments.rounds // 3)
         )
+        report["peak memory"] = {
+            f"listing {arguments.peak_entries:,} entries": peak_memory(
+                arguments.peak_entries, 3
+            )
+        }
         report["drain"] = {
             f"{arguments.messages:,} entries": drains(
                 arguments.messages, max(3, arguments.rounds // 5)
@@ -319,7 +381,13 @@ def main() -> int:
         f"{report['machine']['system']}, {report['machine']['cpus']} CPUs, "
         f"Python {report['machine']['python']}, load {report['machine']['load']}"
     )
-    for title in ("durable cycle", "cycle, fsync off", "listing", "drain"):
+    for title in (
+        "durable cycle",
+        "cycle, fsync off",
+        "listing",
+        "peak memory",
+        "drain",
+    ):
         print("\n".join(table(title, report[title])))
     arguments.json.parent.mkdir(parents=True, exist_ok=True)
     arguments.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -15,7 +15,7 @@ BENCH = Path(__file__).with_name("bench_queue.py")
 def test_the_benchmark_runs_every_measure_side_by_side(tmp_path):
     report = tmp_path / "bench.json"
     arguments = ["--rounds", "2", "--cycles", "2", "--entries", "200"]
-    arguments += ["--messages", "20", "--json", str(report)]
+    arguments += ["--messages", "20", "--peak-entries", "500", "--json", str(report)]
     finished = subprocess.run(
         [sys.executable, "-W", "ignore::DeprecationWarning", str(BENCH), *arguments],
         capture_output=True,
@@ -32,3 +32,5 @@ def test_the_benchmark_runs_every_measure_side_by_side(tmp_path):
             assert set(result["ratios"]) == {"mailqueue / mailman", "mailqueue / floor"}
     assert set(figures["listing"]) == {"200 entries", "200 entries, slice 0 of 4"}
     assert "mailqueue / bare switchboard" in figures["drain"]["20 entries"]["ratios"]
+    peak = figures["peak memory"]["listing 500 entries"]
+    assert set(peak["figures"]) == {"mailqueue", "mailman", "floor"}
