@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import email.message
 import errno
+import functools
 import hashlib
+import itertools
 import math
 import os
 import pickle
@@ -32,6 +34,7 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from mailqueue import safepickle
@@ -44,10 +47,14 @@ __all__ = [
     "QFILE_SCHEMA_VERSION",
     "FileBase",
     "QueueFileError",
+    "SparePool",
     "dump_checked",
     "fsync_directory",
+    "list_queue",
     "load_entry",
     "make_filebase",
+    "order_key",
+    "parse_entry",
     "parse_filebase",
     "read_file",
     "write_file",
@@ -86,6 +93,151 @@ def parse_filebase(text: str) -> FileBase | None:
     return FileBase(float(match["when"]), int(match["digest"], 16), text)
 
 
+def order_key(filebase: str) -> tuple[int, str, str]:
+    """The key that sorts file bases in queue order: time, then digest.
+
+    Times compare by their exact decimal value (``5``, ``5.0`` and ``5.00``
+    are one time, and no precision is lost to floating point); digests
+    compare as numbers, whatever their case.
+    """
+    when, _, digest = filebase.partition("+")
+    whole, _, fraction = when.partition(".")
+    return int(whole), fraction.rstrip("0"), digest.lower()
+
+
+# A file base in canonical form: no leading zero in the time's integer part,
+# a fraction without trailing zeros (or just "0"), a lower-case digest, as
+# repr(float) and hexdigest() write them.  Canonical file bases whose
+# integer parts are equally long sort as strings exactly as by order_key.
+_CANONICAL = r"(?:0|[1-9][0-9]*+)\.[0-9]++(?<![0-9]0)\+[0-9a-f]{40}"
+#: How many integer digits the times of today's entries have.
+_USUAL = len(str(int(time.time())))
+_CHUNK = 10_000
+
+
+@functools.cache
+def _canonical(extension: str) -> tuple[re.Pattern[str], ...]:
+    # Lines that are all canonical names with *extension* and today's
+    # number of integer digits; lines that are all canonical names; and the
+    # file bases of canonical names among other lines.
+    name = _CANONICAL + re.escape(extension)
+    usual = name.replace("(?:0|[1-9][0-9]*+)", f"[1-9][0-9]{{{_USUAL - 1}}}", 1)
+    return (
+        re.compile(rf"(?:{usual}\n)*+{usual}"),
+        re.compile(rf"(?:{name}\n)*+{name}"),
+        re.compile(rf"^({_CANONICAL}){re.escape(extension)}$", re.MULTILINE),
+    )
+
+
+def list_queue(
+    directory: str,
+    extension: str = ".pck",
+    slice: int | None = None,
+    numslices: int = 1,
+    on_stray: Callable[[str], object] | None = None,
+) -> list[str]:
+    """The file bases of the entries with *extension* in *directory*, in queue order.
+
+    Only those in slice *slice* of *numslices* are listed, if *slice* is
+    given.  The queue order is that of :func:`order_key`.  A name with
+    *extension* that is not a file base is passed to *on_stray* and left
+    out.
+    """
+    # Canonical names are ordered as strings, with no number made: a few
+    # passes in C over all names rather than a few steps in Python for each.
+    only_usual, only, among = _canonical(extension)
+    cut = len(extension)
+    names = os.listdir(directory)
+    # The file bases with today's number of integer digits, and the others.
+    usual: list[str] = []
+    others: list[str] = []
+    while names:
+        # Names are let go of a chunk at a time as their file bases are
+        # found: a listing never holds both in full.
+        chunk = names[-_CHUNK:]
+        del names[-_CHUNK:]
+        text = "\n".join(chunk)
+        if text.count("\n") != len(chunk) - 1:
+            found = None  # a name holds a line break: it would read as two
+        elif only_usual.fullmatch(text):
+            usual += [name[:-cut] for name in chunk]
+            continue
+        elif only.fullmatch(text):
+            found = [name[:-cut] for name in chunk]
+        else:
+            found = among.findall(text)
+            with_extension = text.count(extension + "\n") + text.endswith(extension)
+            if len(found) != with_extension:
+                found = None
+        if found is None:
+            names += chunk
+            names += [base + extension for base in (*usual, *others)]
+            del chunk, usual, others, text
+            return _queue_order_parsed(names, extension, slice, numslices, on_stray)
+        # Split while the names lie in memory in the order they were made.
+        usual += [base for base in found if base[_USUAL] == "."]
+        others += [base for base in found if base[_USUAL] != "."]
+    del names
+    if slice is not None:
+        # The slice is the digest's top bits: its first hex digits.
+        prefixes = _prefixes(slice, numslices)
+        end = -40 + len(next(iter(prefixes)))
+        usual = [base for base in usual if base[-40 : end or None] in prefixes]
+        others = [base for base in others if base[-40 : end or None] in prefixes]
+    usual.sort()
+    if not others:
+        return usual
+    # A shorter integer part is an earlier time (there are no leading zeros).
+    others.sort()
+    others.sort(key=_integer_digits)  # stable: the order within a length stays
+    split = next(
+        (at for at, base in enumerate(others) if base.index(".") > _USUAL), len(others)
+    )
+    return [*others[:split], *usual, *others[split:]]
+
+
+def _integer_digits(filebase: str) -> int:
+    return filebase.index(".")
+
+
+@functools.cache
+def _prefixes(slice: int, numslices: int) -> frozenset[str]:
+    # The lower-case hex prefixes whose top bits are *slice*.
+    bits = numslices.bit_length() - 1
+    digits = -(-bits // 4)
+    spare = 4 * digits - bits
+    return frozenset(
+        f"{value:0{digits}x}" for value in range(slice << spare, (slice + 1) << spare)
+    )
+
+
+def _queue_order_parsed(
+    names: list[str],
+    extension: str,
+    slice: int | None,
+    numslices: int,
+    on_stray: Callable[[str], object] | None,
+) -> list[str]:
+    # Any name the spec allows: each is parsed and given its key.
+    shift = DIGEST_BITS - (numslices.bit_length() - 1)
+    cut = len(extension)
+    keyed = []
+    for name in names:
+        if not name.endswith(extension):
+            continue
+        base = name[:-cut]
+        if FILEBASE.fullmatch(base) is None:
+            if on_stray is not None:
+                on_stray(name)
+            continue
+        key = order_key(base)
+        if slice is not None and int(key[2], 16) >> shift != slice:
+            continue
+        keyed.append((key, base))
+    keyed.sort()
+    return [base for _, base in keyed]
+
+
 _clock_lock = threading.Lock()
 _last_time = 0.0
 
@@ -110,10 +262,30 @@ def make_filebase(
     Its time is now, or *when* (for an entry that must keep its place).
     """
     now = repr(_unique_time() if when is None else when)
-    food = b"".join(
-        (message_pickle, list_id.encode(errors="replace"), now.encode(), os.urandom(16))
+    # This process's random bytes, a count and the time make the digest
+    # unique and spread it evenly; the list and the size cost nothing more.
+    food = b"%s\0%d\0%s\0%d\0%s" % (
+        _process_random(),
+        next(_made),
+        list_id.encode(errors="replace"),
+        len(message_pickle),
+        now.encode(),
     )
     return f"{now}+{hashlib.sha1(food).hexdigest()}"
+
+
+_made = itertools.count()
+_random: list[bytes] = []
+
+
+def _process_random() -> bytes:
+    if not _random:
+        _random.append(os.urandom(16))
+    return _random[0]
+
+
+# A forked child draws its own: it must never repeat its parent's digests.
+os.register_at_fork(after_in_child=_random.clear)
 
 
 def dump_checked(obj: Any, what: str) -> bytes:
@@ -125,7 +297,8 @@ def dump_checked(obj: Any, what: str) -> bytes:
     """
     try:
         data = pickle.dumps(obj, PICKLE_PROTOCOL)
-        safepickle.check(data)
+        if not safepickle.is_plain(obj, len(data)):
+            safepickle.check(data)
     except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
         raise TypeError(f"cannot queue this {what}: {error}") from None
     except RecursionError:
@@ -165,13 +338,17 @@ def read_file(path: str, max_size: int = MAX_ENTRY_SIZE) -> bytes:
             )
         chunks = []
         size = 0
-        while chunk := os.read(fd, max(info.st_size - size, 0) + 1):
+        while True:
+            wanted = max(info.st_size - size, 0) + 1
+            chunk = os.read(fd, wanted)
             chunks.append(chunk)
             size += len(chunk)
             if size > max_size:
                 raise QueueFileError(
                     f"{name}: more than the limit of {max_size:,} bytes"
                 )
+            if len(chunk) < wanted:
+                break  # a regular file reads short only at its end
     except IsADirectoryError:
         raise QueueFileError(f"{name}: not a regular file (a directory)") from None
     finally:
@@ -191,19 +368,25 @@ _FILE_TYPES = {
 
 def load_entry(
     path: str, max_size: int = MAX_ENTRY_SIZE
-) -> tuple[Any, dict[str, Any], bytes]:
+) -> tuple[Any, dict[str, Any], memoryview]:
     """Read the entry at *path* safely.
 
     Return the message (an object, or text when it was stored as text), the
-    metadata, and the message pickle exactly as stored.  Raise
-    :exc:`QueueFileError` for anything that is not a well-formed entry (and
-    :exc:`FileNotFoundError` if there is no file).  Both pickles are
-    checked in full (see :mod:`mailqueue.safepickle`) before anything is
-    built, and whatever goes wrong while building becomes a
-    :exc:`QueueFileError` too.
+    metadata, and the message pickle exactly as stored (a view of the bytes
+    read, not a copy).  Raise :exc:`QueueFileError` for anything that is not
+    a well-formed entry (and :exc:`FileNotFoundError` if there is no file).
+    Both pickles are checked in full (see :mod:`mailqueue.safepickle`)
+    before anything is built, and whatever goes wrong while building
+    becomes a :exc:`QueueFileError` too.
     """
-    data = read_file(path, max_size)
-    name = os.path.basename(path)
+    return parse_entry(read_file(path, max_size), os.path.basename(path))
+
+
+def parse_entry(data: bytes, name: str) -> tuple[Any, dict[str, Any], memoryview]:
+    """Check and build the entry *data*, read from the file *name*.
+
+    See :func:`load_entry`.
+    """
     try:
         made, boundary = safepickle.check(data)
         if made not in ("message", "text"):
@@ -228,7 +411,7 @@ def load_entry(
         raise QueueFileError(
             f"{name}: not a queue entry (a damaged pickle: {type(error).__name__})"
         ) from None
-    return message, metadata, data[:boundary]
+    return message, metadata, memoryview(data)[:boundary]
 
 
 def _check_reserved_keys(metadata: dict[str, Any]) -> None:
@@ -240,22 +423,32 @@ def _check_reserved_keys(metadata: dict[str, Any]) -> None:
         raise QueueFileError("_parsemsg is not a flag")
 
 
-def write_file(path: str, parts: tuple[bytes, ...]) -> None:
+def write_file(
+    path: str,
+    parts: tuple[bytes | memoryview, ...],
+    spares: SparePool | None = None,
+) -> None:
     """Write *parts* to *path* durably and atomically.
 
     The bytes go to ``<path>.tmp``, are flushed to disk, and the file is
     renamed to *path*; then the directory is flushed so the new name
     survives a crash.  On any error the temporary file is removed and the
     error propagates.
+
+    With *spares*, the temporary file is a spare file taken from the pool
+    when there is one (see :class:`SparePool`), and written over.
     """
     temporary = path + ".tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
+    fd = spares.take(temporary) if spares is not None else None
+    spare = fd is not None
+    if fd is None:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
     try:
         try:
-            for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view) :]
+            size = _write_all(fd, parts)
+            # A spare may be longer than this entry: nothing of it may stay.
+            if spare and os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -265,6 +458,110 @@ def write_file(path: str, parts: tuple[bytes, ...]) -> None:
             os.unlink(temporary)
         raise
     fsync_directory(os.path.dirname(path))
+
+
+def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> int:
+    # One system call for all parts, unless the system writes less.
+    size = sum(len(part) for part in parts)
+    written = os.pwritev(fd, parts, 0)
+    if written < size:
+        view = memoryview(b"".join(parts))[written:]
+        while view:
+            step = os.pwrite(fd, view, written)
+            view = view[step:]
+            written += step
+    return size
+
+
+class SparePool:
+    """Spare files for a queue directory: finished entries, to be written over.
+
+    Making a file and removing it cost a disk more than its bytes: blocks
+    are allocated, the new inode and the directory entry are flushed with
+    the data, and (on a file system mounted with ``discard``) freed blocks
+    are trimmed.  Instead of removing a finished entry of at most
+    :attr:`max_size` bytes, :meth:`give` moves it into the pool, a
+    directory beside the queue directory with at most :attr:`slots` files;
+    :meth:`take` moves one back as the temporary file of a new entry, which
+    is then written over from its start, cut to its new length and flushed
+    as any temporary file is.  Every step is a rename, so at any moment the
+    file has one name, and a spare is never listed as an entry.
+    """
+
+    #: How many spare files a pool holds.
+    slots = 8
+    #: The largest entry kept as a spare, in bytes.
+    max_size = 256 * 1024
+
+    def __init__(self, queue_directory: str) -> None:
+        parent, queue = os.path.split(os.path.normpath(queue_directory))
+        self.directory = os.path.join(parent, f".{queue}.spare")
+        self._next = 0
+        #: When taking last found the pool empty: it is not tried for a while.
+        self._empty_at = -math.inf
+
+    def give(self, path: str, size: int | None) -> bool:
+        """Move the finished entry at *path* (of *size* bytes) into the pool.
+
+        Return False, touching nothing, if it is too large (or its size is
+        not known): then remove it as usual.
+        """
+        if size is None or size > self.max_size:
+            return False
+        slot = os.path.join(self.directory, str(self._next % self.slots))
+        try:
+            os.rename(path, slot)
+        except FileNotFoundError:
+            if os.path.lexists(path):
+                os.makedirs(self.directory, mode=0o770, exist_ok=True)
+                os.rename(path, slot)
+            else:
+                raise
+        self._empty_at = -math.inf
+        return True
+
+    def take(self, temporary: str) -> int | None:
+        """Move a spare file to *temporary* and open it for writing; None if none.
+
+        A spare is written over only if it is a regular file of this user
+        with no other name: anything else found in the pool is removed.
+        """
+        if time.monotonic() - self._empty_at < 1.0:
+            return None
+        for step in range(self.slots):
+            slot = os.path.join(self.directory, str((self._next + step) % self.slots))
+            try:
+                os.rename(slot, temporary)
+            except OSError:
+                continue
+            self._next = (self._next + step) % self.slots
+            fd = self._open(temporary)
+            if fd is not None:
+                return fd
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        self._empty_at = time.monotonic()
+        return None
+
+    @staticmethod
+    def _open(path: str) -> int | None:
+        # Never through a link, never waiting on a FIFO; then it must be a
+        # plain file of ours that nothing else names.
+        try:
+            fd = os.open(
+                path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            )
+        except OSError:
+            return None
+        found = os.fstat(fd)
+        if (
+            stat.S_ISREG(found.st_mode)
+            and found.st_nlink == 1
+            and found.st_uid == os.geteuid()
+        ):
+            return fd
+        os.close(fd)
+        return None
 
 
 def fsync_directory(directory: str) -> None:

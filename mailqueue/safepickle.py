@@ -71,6 +71,7 @@ __all__ = [
     "PickleRefused",
     "SafeUnpickler",
     "check",
+    "is_plain",
     "load",
 ]
 
@@ -246,6 +247,10 @@ class _Scalar:
         self.value = value
 
 
+#: None: one object, however many times it is made.
+_NONE_SCALAR = _Scalar(_NONE, 1)
+
+
 def _hashable(node: _Node | _Scalar) -> bool:
     if node.kind in _SCALARS or node.kind == _FROZENSET:
         return True
@@ -418,46 +423,103 @@ class _Checker:
         end = len(data)
         stack = self.stack
         memo = self.memo
+        marks = self.marks
         handlers = _HANDLERS
         position = self.position
+        # Kept here, and in self for the handlers only around their calls.
+        objects = self.objects
+        fence = self.fence
         while True:
             if position >= end:
                 self.opcode = position
                 raise self.refuse("is truncated (no STOP)")
             code = data[position]
-            # The two opcodes that make up most of a message's pickle are
-            # checked here, without a call: the same as op_memoize and
-            # op_sized(_STR, 1).
+            # The opcodes that make up most of a message's pickle are checked
+            # here, without a call: the same as their handlers.  An object
+            # made here is memoized at once if MEMOIZE follows.
             if code == 0x94:  # MEMOIZE
-                if len(stack) <= self.fence:
+                if len(stack) <= fence:
                     self.opcode = position
                     raise self.refuse("looks at an empty stack")
                 memo.append(stack[-1])
                 position += 1
                 continue
-            if code == 0x8C and position + 1 < end:  # SHORT_BINUNICODE
+            if objects >= MAX_OBJECTS:
+                node = None  # the handler refuses it, if it makes an object
+            elif code == 0x8C and position + 1 < end:  # SHORT_BINUNICODE
                 start = position + 2
                 stop = start + data[position + 1]
                 if stop > end:
                     self.opcode = position
                     raise self.refuse(f"is truncated (wants {stop - end:,} more bytes)")
-                self.objects += 1
-                if self.objects > MAX_OBJECTS:
+                node = _Scalar(_STR, stop - start + 1, (start, stop))
+                stack.append(node)
+                position = stop - 1
+            elif code == 0x86 and len(stack) - 2 >= fence:  # TUPLE2
+                first, second = stack[-2], stack[-1]
+                if type(first) is not _Scalar or type(second) is not _Scalar:
+                    node = None
+                else:
+                    # Two scalars (a header's name and value): nothing to
+                    # look into.
+                    node = _Node(
+                        _TUPLE, 1 + first.weight + second.weight, [first, second]
+                    )
+                    if node.weight > self.max_weight:
+                        self.opcode = position
+                        raise self.refuse(
+                            f"would expand to more than {self.max_weight:,} "
+                            "(its weight limit)"
+                        )
+                    node.depth = 1
+                    node.odd = (first.kind != _STR and first.kind != _BYTES) + (
+                        second.kind != _STR and second.kind != _BYTES
+                    )
+                    stack[-2:] = [node]
+            elif code == 0x4E:  # NONE
+                node = _NONE_SCALAR
+                stack.append(node)
+            elif code == 0x29:  # EMPTY_TUPLE
+                node = _Node(_TUPLE, 1, [])
+                stack.append(node)
+            elif code == 0x5D:  # EMPTY_LIST
+                node = _Node(_LIST)
+                stack.append(node)
+            elif code == 0x7D:  # EMPTY_DICT
+                node = _Node(_DICT)
+                stack.append(node)
+            else:
+                node = None
+            if node is not None:
+                objects += 1
+                position += 1
+                if position < end and data[position] == 0x94:  # MEMOIZE
+                    memo.append(node)
+                    position += 1
+                continue
+            if code == 0x28:  # MARK
+                if len(marks) >= MAX_DEPTH:
                     self.opcode = position
-                    raise self.refuse(f"makes more than {MAX_OBJECTS:,} objects")
-                stack.append(_Scalar(_STR, stop - start + 1, (start, stop)))
-                position = stop
+                    raise self.refuse(f"nests more than {MAX_DEPTH} marks")
+                fence = len(stack)
+                marks.append(fence)
+                position += 1
                 continue
             self.opcode = position
             self.position = position + 1
             if code == 0x2E:  # STOP
-                if self.marks or len(stack) != 1:
+                if marks or len(stack) != 1:
                     raise self.refuse("stops with other than one object")
+                self.objects = objects
                 return stack[0], position + 1
             handler = handlers.get(code)
             if handler is None:
                 raise self.refuse(_unused_opcode(code))
+            self.objects = objects
+            self.fence = fence
             handler(self)
+            objects = self.objects
+            fence = self.fence
             position = self.position
 
     # Scalars ------------------------------------------------------------------
@@ -561,7 +623,11 @@ class _Checker:
     def set_items(self, target: _Node, items: list[_Node]) -> None:
         if len(items) % 2:
             raise self.refuse("gives a dict a key without a value")
-        self.keys(target, items[::2])
+        # keys() for the keys, then contain() for all: the common case
+        # (string keys) in one pass.
+        odd_keys = [key for key in items[::2] if key.kind != _STR]
+        if odd_keys:
+            self.keys(target, odd_keys)
         self.contain(target, items)
 
     def op_additems(self) -> None:
@@ -632,8 +698,10 @@ class _Checker:
         self.push(_GLOBAL, 1, found)
 
     def op_newobj(self) -> None:
-        arguments = self.pop()
-        cls = self.pop()
+        if len(self.stack) - 2 < self.fence:
+            raise self.refuse("takes from an empty stack")
+        arguments = self.stack.pop()
+        cls = self.stack.pop()
         if cls.kind != _GLOBAL or not (
             cls.value in _MESSAGE_CLASSES or cls.value is _POLICY
         ):
@@ -843,6 +911,98 @@ def check(data: bytes, position: int = 0) -> tuple[str, int]:
     else:
         made = "other"
     return made, end
+
+
+# Objects known to pickle into what check() accepts ---------------------------
+
+_PLAIN_MESSAGES = frozenset(_MESSAGE_CLASSES)
+# How deep a plain object may nest: well within MAX_DEPTH, since a message
+# adds two levels (the instance and its state) to what it holds.
+_PLAIN_DEPTH = MAX_DEPTH // 2
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def is_plain(obj: Any, size: int) -> bool:
+    """True if *obj*, pickled in *size* bytes, makes a pickle :func:`check` accepts.
+
+    A *plain* object is made only of ``str``, ``int``, ``float``, ``bool``
+    and ``None``, of lists, tuples and dicts with string keys of those, and
+    of messages of the allowed classes with the ``compat32`` policy whose
+    state is plain too (exact types: no subclass can change how it
+    pickles).  Its pickle uses only opcodes :func:`check` accepts, and its
+    weight, objects and depth are counted here at least as :func:`check`
+    counts them, stopping as soon as one is over.  So a writer that has just
+    pickled a plain object need not check the pickle; when this returns
+    False (anything else, or too large or deep), it must.
+    """
+    budget = [max(2 * size, MIN_WEIGHT), MAX_OBJECTS]
+    try:
+        _visit_plain(obj, 0, budget)
+    except _NotPlain:
+        return False
+    return True
+
+
+def _visit_plain(obj: Any, depth: int, budget: list[int]) -> None:
+    # Charge obj and what it holds to budget ([weight, objects] left) as
+    # check() would count them (never less), or raise _NotPlain.  Scalars
+    # inside a container are counted in its loop, without a call.
+    kind = type(obj)
+    if kind is list or kind is tuple:
+        items: Any = obj
+        weight, objects = 1, 1
+    elif kind is dict:
+        items = _str_keyed(obj)
+        weight, objects = 1, 1
+    elif kind in _PLAIN_MESSAGES:
+        state = obj.__dict__
+        policy = state.get("policy")
+        if type(policy) is not _POLICY or policy.__dict__:
+            raise _NotPlain
+        # The instance, its state dict and the policy (made, never built);
+        # the state's keys are in items, the policy is not.
+        items = [item for item in _str_keyed(state) if item is not policy]
+        weight, objects = 3, 3
+        depth += 1
+    else:
+        items = (obj,)
+        weight, objects = 0, 0
+    if depth >= _PLAIN_DEPTH:
+        raise _NotPlain
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            # The opcode and the length in UTF-8 (at most 4 a character).
+            weight += 1 + (len(item) if item.isascii() else 4 * len(item))
+        elif item is None or kind is bool:
+            weight += 1
+        elif kind is int:
+            weight += 10 + item.bit_length() // 8
+        elif kind is float:
+            weight += 9
+        elif item is obj:
+            raise _NotPlain
+        else:
+            _visit_plain(item, depth + 1, budget)
+            continue
+        objects += 1
+    budget[0] -= weight
+    budget[1] -= objects
+    if budget[0] < 0 or budget[1] < 0:
+        raise _NotPlain
+
+
+def _str_keyed(mapping: dict[Any, Any]) -> list[Any]:
+    # Keys and values, in turn; only string keys are plain.
+    items = []
+    for key, value in mapping.items():
+        if type(key) is not str:
+            raise _NotPlain
+        items += (key, value)
+    return items
 
 
 def load(data: bytes, position: int = 0) -> Any:

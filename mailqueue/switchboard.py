@@ -85,6 +85,10 @@ class Switchboard:
         os.makedirs(queue_directory, mode=0o770, exist_ok=True)
         self._reported: set[str] = set()
         self._owner_lock: int | None = None
+        self._spares = qfile.SparePool(queue_directory)
+        #: The sizes of the entries this switchboard dequeued and has not
+        #: finished: those small enough become spares when finished.
+        self._sizes: dict[str, int] = {}
         if recover and not self.take_ownership():
             dlog.debug("%r: another process owns this slice; not recovering", self)
 
@@ -192,7 +196,9 @@ class Switchboard:
         filebase = qfile.make_filebase(message_pickle, list_id or "--nolist--")
         try:
             qfile.write_file(
-                self._path(filebase, ".pck"), (message_pickle, metadata_pickle)
+                self._path(filebase, ".pck"),
+                (message_pickle, metadata_pickle),
+                self._spares,
             )
         except OSError as error:
             raise OSError(
@@ -222,7 +228,11 @@ class Switchboard:
             raise FileNotFoundError(errno.ENOENT, "taken by another process", queued)
         # Whoever renames the .pck owns the entry; a loser's rename fails.
         os.rename(queued, backup)
-        msg, data, _ = qfile.load_entry(backup, self.max_entry_size)
+        content = qfile.read_file(backup, self.max_entry_size)
+        if len(self._sizes) >= 10_000:
+            self._sizes.clear()  # dequeued and never finished: forget them
+        self._sizes[filebase] = len(content)
+        msg, data, _ = qfile.parse_entry(content, filebase + ".bak")
         if _flag(data.get("_parsemsg")):
             if not isinstance(msg, str):
                 raise qfile.QueueFileError(f"{filebase}: _parsemsg set, but not text")
@@ -246,17 +256,25 @@ class Switchboard:
         new file base with the same time, and nothing is replaced.
         """
         source = self._path(filebase, ".bak")
-        if not os.path.lexists(source) and os.path.lexists(
-            self._path(filebase, ".pck")
-        ):
-            source = self._path(filebase, ".pck")
+        queued = self._path(filebase, ".pck")
+        size = self._sizes.pop(filebase, None)
         try:
             if preserve:
+                if not os.path.lexists(source) and os.path.lexists(queued):
+                    source = queued
                 from mailqueue.config import config
 
                 bad = config.switchboards["bad"].queue_directory
                 self._preserve(source, filebase, bad)
-            else:
+                return
+            try:
+                # A small entry is kept as a spare file for a later one.
+                if not self._spares.give(source, size):
+                    os.unlink(source)
+            except FileNotFoundError:
+                if not os.path.lexists(queued):
+                    raise
+                source = queued  # finished without being dequeued
                 os.unlink(source)
         except OSError:
             elog.exception(
@@ -285,26 +303,17 @@ class Switchboard:
     def get_files(self, extension: str = ".pck") -> list[str]:
         """The file bases of this slice's entries with *extension*, oldest first.
 
-        Entries are ordered by the time in their name, then by digest.  A
-        file whose name is not a file base is logged and left alone.
+        Entries are ordered by the exact value of the time in their name,
+        then by digest.  A file whose name is not a file base is logged and
+        left alone.
         """
-        cut = len(extension)
-        keyed = []
-        for name in os.listdir(self.queue_directory):
-            if not name.endswith(extension):
-                continue
-            base = name[:-cut]
-            match = qfile.FILEBASE.fullmatch(base)
-            if match is None:
-                self._report_stray(name)
-                continue
-            digest = match["digest"].lower()
-            if self.slice is not None and int(digest, 16) >> self._shift != self.slice:
-                continue
-            # Fixed-width lower-case hex sorts as the number it writes.
-            keyed.append((float(match["when"]), digest, base))
-        keyed.sort()
-        return [base for _, _, base in keyed]
+        return qfile.list_queue(
+            self.queue_directory,
+            extension,
+            self.slice,
+            self.numslices,
+            self._report_stray,
+        )
 
     def _report_stray(self, name: str) -> None:
         if name not in self._reported:

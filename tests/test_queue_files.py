@@ -131,7 +131,16 @@ def test_enqueue_refuses_what_could_not_be_read_back(queue):
     assert os.listdir(queue.queue_directory) == []
 
 
-def test_enqueue_writes_fsyncs_renames_then_fsyncs_the_directory(queue, monkeypatch):
+@pytest.mark.parametrize("spare", [False, True])
+def test_enqueue_writes_fsyncs_renames_then_fsyncs_the_directory(
+    queue, monkeypatch, spare
+):
+    if spare:
+        # A finished entry becomes the spare file the next one is written in.
+        filebase = queue.enqueue(message_from_string(TEXT + "a longer body\n" * 9))
+        queue.dequeue(filebase)
+        queue.finish(filebase)
+        assert len(os.listdir(queue._spares.directory)) == 1
     calls = []
     real_fsync, real_rename = os.fsync, os.rename
 
@@ -143,15 +152,24 @@ def test_enqueue_writes_fsyncs_renames_then_fsyncs_the_directory(queue, monkeypa
         real_fsync(fd)
 
     def rename(source, target):
-        calls.append(
-            f"rename {os.path.splitext(source)[1]} to {os.path.splitext(target)[1]}"
-        )
+        if os.path.lexists(source):  # a try at an empty spare slot is no step
+            where = os.path.basename(os.path.dirname(source))
+            kind = "spare" if where.endswith(".spare") else os.path.splitext(source)[1]
+            calls.append(f"rename {kind} to {os.path.splitext(target)[1]}")
         real_rename(source, target)
 
     monkeypatch.setattr(qfile.os, "fsync", fsync)
     monkeypatch.setattr(qfile.os, "rename", rename)
-    queue.enqueue(message_from_string(TEXT))
-    assert calls == ["fsync file", "rename .tmp to .pck", "fsync directory"]
+    filebase = queue.enqueue(message_from_string(TEXT))
+    steps = ["fsync file", "rename .tmp to .pck", "fsync directory"]
+    assert calls == (["rename spare to .tmp", *steps] if spare else steps)
+    monkeypatch.undo()
+    # Nothing of the longer entry the spare held is left in the new one.
+    path = os.path.join(queue.queue_directory, filebase + ".pck")
+    msg, _, _ = qfile.load_entry(path)
+    assert msg.get_payload() == message_from_string(TEXT).get_payload()
+    if spare:
+        assert os.listdir(queue._spares.directory) == []
 
 
 @pytest.mark.parametrize(
@@ -159,7 +177,7 @@ def test_enqueue_writes_fsyncs_renames_then_fsyncs_the_directory(queue, monkeypa
     [
         ("open", errno.EACCES),  # a directory we may not write to
         ("open", errno.EROFS),  # a read-only file system
-        ("write", errno.ENOSPC),  # a full disk
+        ("pwritev", errno.ENOSPC),  # a full disk
         ("fsync", errno.EIO),
         ("rename", errno.ENOSPC),
     ],

@@ -177,17 +177,23 @@ def cycles(root: str, rounds: int, per_round: int, fsync: bool) -> dict[str, dic
     return results
 
 
+def make_names(directory: str, entries: int, mixed: bool) -> None:
+    """Empty entries with today's times, or one in seven a time of nine digits."""
+    os.makedirs(directory, exist_ok=True)
+    for number in range(entries):
+        early = mixed and number % 7 == 0
+        when = (999_999_000 if early else 1_700_000_000) + number * 0.001
+        name = f"{when!r}+{number * 2654435761 % 2**160:040x}.pck"
+        os.close(os.open(os.path.join(directory, name), os.O_CREAT | os.O_WRONLY))
+
+
 def listings(root: str, sizes: list[int], rounds: int) -> dict[str, dict]:
     mailman_switchboard, _ = start_mailman()
     results = {}
-    for entries in sizes:
-        directory = os.path.join(root, f"listing-{entries}")
-        os.makedirs(directory, exist_ok=True)
-        for number in range(entries):
-            # Times of 9 and 10 integer digits, as the spec allows.
-            when = (999_999_000 if number % 7 == 0 else 1_700_000_000) + number * 0.001
-            name = f"{when!r}+{number * 2654435761 % 2**160:040x}.pck"
-            open(os.path.join(directory, name), "wb").close()
+    cases = [(entries, False) for entries in sizes] + [(max(sizes), True)]
+    for entries, mixed in cases:
+        directory = os.path.join(root, f"listing-{entries}-{mixed}")
+        make_names(directory, entries, mixed)
         for slice, count in ((None, 1), (0, 4)):
             ours = Switchboard("listing", directory, slice, count)
             theirs = mailman_switchboard("listing", directory, slice, count)
@@ -197,8 +203,13 @@ def listings(root: str, sizes: list[int], rounds: int) -> dict[str, dict]:
                 "floor": lambda directory=directory: sorted(os.listdir(directory)),
             }
             times = interleaved(contenders, rounds, 1)
-            where = f"{entries:,} entries" + ("" if slice is None else ", slice 0 of 4")
+            where = f"{entries:,} entries" + (", 1 in 7 of 9 digits" if mixed else "")
+            where += "" if slice is None else ", slice 0 of 4"
             results[where] = summary(times, 1e-3, "ms a listing")
+            results[where]["per entry (µs)"] = {
+                name: figures["median"] * 1e3 / entries
+                for name, figures in results[where]["figures"].items()
+            }
     return results
 
 
