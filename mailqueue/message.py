@@ -33,29 +33,36 @@ class Message(email.message.Message):
         They come in the order of :data:`SENDER_HEADERS`; a header may give
         several addresses, and anything that is not an address is dropped.
         """
-        found: list[str] = []
-        for header in SENDER_HEADERS:
-            if header == "from_":
-                envelope = self.get_unixfrom() or ""
-                # The mbox line is "From address date"; keep the address.
-                words = envelope.split()
-                values = [words[1]] if len(words) > 1 else []
-            else:
-                values = [
-                    str(make_header(decode_header(str(value))))
-                    for value in self.get_all(header, [])
-                ]
-            for _name, address in getaddresses(values):
-                address = address.lower()
-                if _ADDRESS.match(address):
-                    found.append(address)
-        return found
+        return [address for header in SENDER_HEADERS for address in self._from(header)]
 
     @property
     def sender(self) -> str:
         """The first of :attr:`senders`, or the empty string if there is none."""
-        senders = self.senders
-        return senders[0] if senders else ""
+        # Only as many headers are parsed as it takes to find one.
+        for header in SENDER_HEADERS:
+            for address in self._from(header):
+                return address
+        return ""
+
+    def _from(self, header: str) -> list[str]:
+        # The addresses *header* gives (from_: the mbox From line's).
+        if header == "from_":
+            # The mbox line is "From address date"; keep the address.
+            words = (self.get_unixfrom() or "").split()
+            values = [words[1]] if len(words) > 1 else []
+        else:
+            values = [_decoded(str(value)) for value in self.get_all(header, [])]
+        found = []
+        for _name, address in getaddresses(values):
+            address = address.lower()
+            if _ADDRESS.match(address):
+                found.append(address)
+        return found
+
+
+def _decoded(value: str) -> str:
+    # RFC 2047 encoded words decoded; a value without any is as it is.
+    return str(make_header(decode_header(value))) if "=?" in value else value
 
 
 def message_from_string(text: str) -> Message:

@@ -479,13 +479,13 @@ class SparePool:
     Making a file and removing it cost a disk more than its bytes: blocks
     are allocated, the new inode and the directory entry are flushed with
     the data, and (on a file system mounted with ``discard``) freed blocks
-    are trimmed.  Instead of removing a finished entry of at most
-    :attr:`max_size` bytes, :meth:`give` moves it into the pool, a
+    are trimmed.  Before a finished entry of at most :attr:`max_size` bytes
+    is removed, :meth:`give` links it into a free slot of the pool, a
     directory beside the queue directory with at most :attr:`slots` files;
-    :meth:`take` moves one back as the temporary file of a new entry, which
-    is then written over from its start, cut to its new length and flushed
-    as any temporary file is.  Every step is a rename, so at any moment the
-    file has one name, and a spare is never listed as an entry.
+    :meth:`take` renames one to the temporary name of a new entry, which is
+    then written over from its start, cut to its new length and flushed as
+    any temporary file is.  A spare is never listed as an entry, and one
+    that has another name too is never written over.
     """
 
     #: How many spare files a pool holds.
@@ -497,28 +497,42 @@ class SparePool:
         parent, queue = os.path.split(os.path.normpath(queue_directory))
         self.directory = os.path.join(parent, f".{queue}.spare")
         self._next = 0
-        #: When taking last found the pool empty: it is not tried for a while.
-        self._empty_at = -math.inf
+        #: When taking last found the pool empty, and giving found it full:
+        #: it is not tried again for a second.
+        self._empty_at = self._full_at = -math.inf
 
-    def give(self, path: str, size: int | None) -> bool:
-        """Move the finished entry at *path* (of *size* bytes) into the pool.
+    def give(self, path: str, size: int | None) -> None:
+        """Remove the finished entry at *path* (of *size* bytes), keeping it as a spare.
 
-        Return False, touching nothing, if it is too large (or its size is
-        not known): then remove it as usual.
+        It is kept if it is small enough and a slot of the pool is free;
+        else it is just removed.  Either way it is gone from *path*.
         """
-        if size is None or size > self.max_size:
+        if size is not None and size <= self.max_size and self._keep(path):
+            self._empty_at = -math.inf
+        os.unlink(path)
+
+    def _keep(self, path: str) -> bool:
+        # A second name in a free slot: a rename onto a taken slot would
+        # replace a file, which some file systems pay for with a flush.
+        if time.monotonic() - self._full_at < 1.0:
             return False
-        slot = os.path.join(self.directory, str(self._next % self.slots))
-        try:
-            os.rename(path, slot)
-        except FileNotFoundError:
-            if os.path.lexists(path):
+        for step in range(self.slots):
+            number = (self._next + step) % self.slots
+            try:
+                os.link(path, os.path.join(self.directory, str(number)))
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                if not os.path.lexists(path):
+                    raise
                 os.makedirs(self.directory, mode=0o770, exist_ok=True)
-                os.rename(path, slot)
-            else:
-                raise
-        self._empty_at = -math.inf
-        return True
+                return self._keep(path)
+            except OSError:
+                return False  # no hard links here: never mind
+            self._next = number
+            return True
+        self._full_at = time.monotonic()
+        return False
 
     def take(self, temporary: str) -> int | None:
         """Move a spare file to *temporary* and open it for writing; None if none.
@@ -535,6 +549,7 @@ class SparePool:
             except OSError:
                 continue
             self._next = (self._next + step) % self.slots
+            self._full_at = -math.inf
             fd = self._open(temporary)
             if fd is not None:
                 return fd

@@ -91,6 +91,9 @@ class Runner:
         self._fruitless = 0
         self._errors = _RepeatedErrors(elog)
         self._temporary_checked = 0.0
+        #: Lists and members looked up in this pass, for at most a second.
+        self._lookups: dict[tuple[str, ...], Any] = {}
+        self._lookups_at = 0.0
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -241,6 +244,7 @@ class Runner:
         if not self._owns_slice():
             return 0
         files = self.switchboard.files
+        self._lookups.clear()
         for filebase in files:
             self._process_filebase(filebase)
             self._do_periodic()
@@ -314,7 +318,7 @@ class Runner:
         sender's preferred language if the sender is a member, else the
         list's.  If :meth:`_dispose` returns True the entry is queued again.
         """
-        mlist = _find_list(msgdata)
+        mlist = self._lookup(("list", *_list_key(msgdata)), _find_list, msgdata)
         if mlist is None:
             wanted = msgdata.get("listid", msgdata.get("listname"))
             elog.error(
@@ -325,12 +329,30 @@ class Runner:
             )
             self._enqueue_in_shunt(msg, msgdata)
             return
-        member = mlist.members.get_member(msg.sender) if msg.sender else None
+        sender = msg.sender
+        member = (
+            self._lookup(
+                ("member", mlist.list_id, sender), mlist.members.get_member, sender
+            )
+            if sender
+            else None
+        )
         language = member.preferred_language if member else mlist.preferred_language
         msgdata["lang"] = language.code
         if self._dispose(mlist, msg, msgdata):
             assert self.switchboard is not None
             self.switchboard.enqueue(msg, msgdata)
+
+    def _lookup(self, key: tuple[str, ...], find: Any, argument: Any) -> Any:
+        # A list or a member is looked up once a pass, and again after a
+        # second: a long pass sees a change made meanwhile that late at most.
+        now = time.monotonic()
+        if now - self._lookups_at > 1.0:
+            self._lookups.clear()
+            self._lookups_at = now
+        if key not in self._lookups:
+            self._lookups[key] = find(argument)
+        return self._lookups[key]
 
     # What subclasses override --------------------------------------------
 
@@ -385,6 +407,16 @@ class _RepeatedErrors:
         if self.repeats:
             self.logger.error("%s (%d more times)", self.last, self.repeats)
         self.repeats = 0
+
+
+def _list_key(msgdata: dict[str, Any]) -> tuple[str, str, str]:
+    # What _find_list looks the list up by, as a key (it finds no list by
+    # anything but text).
+    for key in ("listid", "listname"):
+        if key in msgdata:
+            name = msgdata[key]
+            return (key, "text", name) if isinstance(name, str) else (key, "", "")
+    return "", "", ""
 
 
 def _find_list(msgdata: dict[str, Any]) -> MailingList | None:

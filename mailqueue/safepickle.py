@@ -967,9 +967,12 @@ def _visit_plain(obj: Any, depth: int, budget: list[int]) -> None:
         items = [item for item in _str_keyed(state) if item is not policy]
         weight, objects = 3, 3
         depth += 1
-    else:
+    elif depth == 0:
+        # A scalar by itself (text), or nothing plain.
         items = (obj,)
         weight, objects = 0, 0
+    else:
+        raise _NotPlain
     if depth >= _PLAIN_DEPTH:
         raise _NotPlain
     for item in items:
@@ -983,8 +986,8 @@ def _visit_plain(obj: Any, depth: int, budget: list[int]) -> None:
             weight += 10 + item.bit_length() // 8
         elif kind is float:
             weight += 9
-        elif item is obj:
-            raise _NotPlain
+        elif depth == 0 and item is obj:
+            raise _NotPlain  # obj itself, neither scalar nor container
         else:
             _visit_plain(item, depth + 1, budget)
             continue

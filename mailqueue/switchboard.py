@@ -268,9 +268,8 @@ class Switchboard:
                 self._preserve(source, filebase, bad)
                 return
             try:
-                # A small entry is kept as a spare file for a later one.
-                if not self._spares.give(source, size):
-                    os.unlink(source)
+                # A small entry may be kept as a spare file for a later one.
+                self._spares.give(source, size)
             except FileNotFoundError:
                 if not os.path.lexists(queued):
                     raise

@@ -5,6 +5,7 @@ checker from refusing legitimate entries, in every protocol.
 """
 
 import datetime
+import email.policy
 import pickle
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailqueue import message_from_string, safepickle
+from mailqueue.message import Message
 
 scalars = st.one_of(
     st.none(),
@@ -100,3 +102,79 @@ def test_the_limits(value, refusal):
     else:
         with pytest.raises(safepickle.PickleRefused, match=refusal):
             safepickle.check(pickled)
+
+
+# A writer's shortcut: is_plain() never vouches for what check() refuses ---------
+
+
+def _message(headers, body, parts):
+    msg = message_from_string("".join(f"{n}: {v}\n" for n, v in headers) + "\n" + body)
+    for part in parts:
+        msg.attach(part) if msg.is_multipart() else msg.set_payload([part])
+    return msg
+
+
+messages = st.builds(
+    _message,
+    st.lists(
+        st.tuples(
+            st.from_regex(r"[A-Za-z][A-Za-z-]{0,20}", fullmatch=True),
+            st.text(st.characters(blacklist_categories=["Cc", "Cs"]), max_size=60),
+        ),
+        max_size=6,
+    ),
+    st.text(max_size=300),
+    st.lists(st.builds(message_from_string, st.text(max_size=50)), max_size=2),
+)
+shared = st.lists(st.text(max_size=50), max_size=5).map(lambda items: [items] * 200)
+anything = st.recursive(
+    st.one_of(scalars, messages, shared),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=6),
+        st.tuples(inner, inner),
+        st.dictionaries(keys, inner, max_size=6),
+        st.sets(st.text(max_size=5) | st.integers(), max_size=6),
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(anything)
+def test_what_is_plain_pickles_into_what_check_accepts(obj):
+    pickled = pickle.dumps(obj, 4)
+    if safepickle.is_plain(obj, len(pickled)):
+        safepickle.check(pickled)
+
+
+def test_plain_is_only_what_the_rules_cover():
+    msg = message_from_string("From: aperson@example.com\n\nHello.\n")
+    size = len(pickle.dumps(msg, 4))
+    assert safepickle.is_plain(msg, size)
+    assert safepickle.is_plain({"listid": "a.example.com", "n": [1, 2.5, None]}, 99)
+
+    # Anything else is left to check(): bytes, sets, non-string keys,
+    # subclasses, a message with another policy, a cycle, deep nesting.
+    class Text(str):
+        pass
+
+    class Custom(Message):
+        pass
+
+    looped = [1]
+    looped.append(looped)
+    deep = []
+    for _ in range(60):
+        deep = [deep]
+    modern = message_from_string("From: a@example.com\n\nx\n")
+    modern.policy = email.policy.default
+    custom = Custom()
+    custom.set_payload("x")
+    others = (b"x", {1, 2}, {1: "a"}, Text("a"), modern, looped, deep, custom, 1j)
+    for other in others:
+        assert not safepickle.is_plain(other, 10**6)
+    # What weighs more than twice its pickle: many references to one list.
+    heavy = [["x" * 1000] * 10] * 200
+    assert not safepickle.is_plain(heavy, len(pickle.dumps(heavy, 4)))
+    with pytest.raises(safepickle.PickleRefused, match="expand"):
+        safepickle.check(pickle.dumps(heavy, 4))

@@ -222,36 +222,141 @@ class Drain(Runner):
             self.stop()
 
 
+@functools.cache
+def mailman_drain_runner() -> type:
+    from mailman.core.runner import Runner as MailmanRunner
+
+    class MailmanDrain(MailmanRunner):
+        def _dispose(self, mlist, msg, msgdata):
+            return False
+
+        def _snooze(self, filecnt):
+            if not filecnt:
+                self.stop()
+
+    return MailmanDrain
+
+
 def drains(messages: int, rounds: int) -> dict:
+    """Runners draining *messages* entries, against their switchboards drained by hand.
+
+    mailqueue's runner and GNU Mailman's, each through its real run loop,
+    with a list and a member lookup for every message.
+    """
+    from mailqueue.conformance.mailman import MailmanAdapter
+
+    start_mailman()
     config.push("bench-drain", "[runner.drain]\n")
     mlist = create_list("drain@example.com")
     msg = message_from_string(text_of(1_000))
     queue = config.switchboards["drain"]
+    with MailmanAdapter().document_state() as mailman:
+        mailman["config"].push("bench-drain", "[runner.mmdrain]\n")
+        mm_list = mailman["create_list"]("drain@example.com")
+        mm_msg = mailman["message_from_string"](text_of(1_000))
+        mm_queue = mailman["config"].switchboards["mmdrain"]
 
-    def fill() -> None:
-        for _ in range(messages):
-            queue.enqueue(msg, listid=mlist.list_id)
+        def timed(fill: Callable[[], None], drain: Callable[[], None]) -> float:
+            with fsync_disabled():
+                fill()
+            start = time.perf_counter()
+            drain()
+            return (time.perf_counter() - start) / messages
 
-    def runner() -> float:
-        fill()
-        start = time.perf_counter()
-        Drain("drain").run()
-        return time.perf_counter() - start
+        def by_hand(queue: object) -> None:
+            for filebase in queue.files:
+                queue.dequeue(filebase)
+                queue.finish(filebase)
 
-    def by_hand() -> float:
-        fill()
-        start = time.perf_counter()
-        for filebase in queue.files:
-            queue.dequeue(filebase)
-            queue.finish(filebase)
-        return time.perf_counter() - start
+        def fill() -> None:
+            for _ in range(messages):
+                queue.enqueue(msg, listid=mlist.list_id)
 
-    times: dict[str, list[float]] = {"mailqueue": [], "bare switchboard": []}
-    for _ in range(rounds):
-        times["mailqueue"].append(runner() / messages)
-        times["bare switchboard"].append(by_hand() / messages)
+        def mm_fill() -> None:
+            for _ in range(messages):
+                mm_queue.enqueue(mm_msg, listid=mm_list.list_id)
+
+        contenders = {
+            "mailqueue": lambda: timed(fill, Drain("drain").run),
+            "bare switchboard": lambda: timed(fill, lambda: by_hand(queue)),
+            "mailman": lambda: timed(mm_fill, mailman_drain_runner()("mmdrain").run),
+            "mailman's bare switchboard": lambda: timed(
+                mm_fill, lambda: by_hand(mm_queue)
+            ),
+        }
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        names = list(contenders)
+        for number in range(rounds):
+            for name in names[number % 4 :] + names[: number % 4]:
+                times[name].append(contenders[name]())
     config.pop("bench-drain")
     return summary(times, 1e-6, "µs a message")
+
+
+SCALE = """
+import json, os, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+import bench_queue as b
+from mailqueue import config, create_list, message_from_string
+from mailqueue.testing import isolated_state
+entries = int(sys.argv[1])
+with isolated_state():
+    config.push("scale", "[runner.drain]\\n")
+    mlist = create_list("drain@example.com")
+    msg = message_from_string(b.text_of(1_000))
+    queue = config.switchboards["drain"]
+    with b.fsync_disabled():
+        for _ in range(entries):
+            queue.enqueue(msg, listid=mlist.list_id)
+    start = time.perf_counter()
+    listing = time.perf_counter()
+    queue.files
+    listing = time.perf_counter() - listing
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    first = []
+
+    class Timed(b.Drain):
+        def _dispose(self, mlist, msg, msgdata):
+            if not first:
+                first.append(time.perf_counter() - start)
+            return False
+
+    start = time.perf_counter()
+    Timed("drain").run()
+    drained = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({
+    "listing (µs an entry)": listing / entries * 1e6,
+    "drain (µs an entry)": drained / entries * 1e6,
+    "first message (ms)": first[0] * 1e3,
+    "peak memory (MiB)": peak / 1024,
+    "memory the drain added (MiB)": (peak - before) / 1024,
+}))
+"""
+
+
+def scaling(sizes: list[int]) -> dict[str, dict]:
+    """A listing and a runner's drain of 1k to 100k entries, each in a fresh process.
+
+    The cost an entry should stay flat as the queue grows; the runner's
+    first message and its memory show how it meets a backlog.
+    """
+    import subprocess
+
+    results = {}
+    for entries in sizes:
+        out = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", SCALE, str(entries), HERE],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=1800,
+        ).stdout
+        results[f"{entries:,} entries"] = json.loads(out)
+    return results
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 PEAK = """
