@@ -439,15 +439,14 @@ def write_file(
     when there is one (see :class:`SparePool`), and written over.
     """
     temporary = path + ".tmp"
-    fd = spares.take(temporary) if spares is not None else None
-    spare = fd is not None
+    fd, old_size = spares.take(temporary) if spares is not None else (None, 0)
     if fd is None:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
     try:
         try:
             size = _write_all(fd, parts)
             # A spare may be longer than this entry: nothing of it may stay.
-            if spare and os.fstat(fd).st_size != size:
+            if old_size > size:
                 os.ftruncate(fd, size)
             os.fsync(fd)
         finally:
@@ -534,49 +533,69 @@ class SparePool:
         self._full_at = time.monotonic()
         return False
 
-    def take(self, temporary: str) -> int | None:
-        """Move a spare file to *temporary* and open it for writing; None if none.
+    def take(self, temporary: str) -> tuple[int | None, int]:
+        """Move a spare file to *temporary* and open it for writing.
 
+        Return its descriptor and its size, or None and 0 if there is none.
         A spare is written over only if it is a regular file of this user
-        with no other name: anything else found in the pool is removed.
+        with no other name; anything else found in the pool is removed, or
+        left alone if it is a directory.
         """
         if time.monotonic() - self._empty_at < 1.0:
-            return None
+            return None, 0
         for step in range(self.slots):
-            slot = os.path.join(self.directory, str((self._next + step) % self.slots))
+            number = (self._next + step) % self.slots
+            slot = os.path.join(self.directory, str(number))
+            try:
+                found = os.lstat(slot)
+            except OSError:
+                continue
+            if not _reusable(found):
+                if not stat.S_ISDIR(found.st_mode):
+                    with contextlib.suppress(OSError):
+                        os.unlink(slot)
+                continue
             try:
                 os.rename(slot, temporary)
             except OSError:
-                continue
-            self._next = (self._next + step) % self.slots
+                continue  # taken by another process first
+            self._next = number
             self._full_at = -math.inf
-            fd = self._open(temporary)
+            fd = self._open(temporary, found)
             if fd is not None:
-                return fd
-            with contextlib.suppress(FileNotFoundError):
+                return fd, found.st_size
+            with contextlib.suppress(OSError):
                 os.unlink(temporary)
         self._empty_at = time.monotonic()
-        return None
+        return None, 0
 
     @staticmethod
-    def _open(path: str) -> int | None:
-        # Never through a link, never waiting on a FIFO; then it must be a
-        # plain file of ours that nothing else names.
+    def _open(path: str, found: os.stat_result) -> int | None:
+        # Never through a link, never waiting on a FIFO; and it must still
+        # be the file found in the slot.
         try:
             fd = os.open(
                 path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
             )
         except OSError:
             return None
-        found = os.fstat(fd)
-        if (
-            stat.S_ISREG(found.st_mode)
-            and found.st_nlink == 1
-            and found.st_uid == os.geteuid()
+        opened = os.fstat(fd)
+        if _reusable(opened) and (opened.st_dev, opened.st_ino) == (
+            found.st_dev,
+            found.st_ino,
         ):
             return fd
         os.close(fd)
         return None
+
+
+def _reusable(found: os.stat_result) -> bool:
+    # A spare may be written over: a regular file of ours with one name.
+    return (
+        stat.S_ISREG(found.st_mode)
+        and found.st_nlink == 1
+        and found.st_uid == os.geteuid()
+    )
 
 
 def fsync_directory(directory: str) -> None:

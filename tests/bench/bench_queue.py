@@ -10,8 +10,11 @@ and every comparison is the median of the same-round ratios.
   message, and the same with ``fsync`` turned into a no-op (the CPU cost);
 - listing 1,000, 10,000 and 100,000 entries, whole and one slice of four;
 - the peak memory of listing 1,000,000 entries, each in a fresh process;
-- a runner draining a queue through its real run loop, against the same
-  switchboard drained by hand.
+- a runner draining a queue through its real run loop, mailqueue's and GNU
+  Mailman's, each against its switchboard drained by hand;
+- as the queue grows from 1,000 to 100,000 entries: the cost an entry of a
+  listing and of a drain, the time to a runner's first message and its
+  memory.
 
 It prints the machine, warns when the machine is busy or creating files is
 slow, writes JSON to build/bench/bench.json, and asserts nothing.
@@ -466,6 +469,13 @@ def main() -> int:
     parser.add_argument(
         "--peak-entries", type=int, default=1_000_000, help="listed for peak memory"
     )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="*",
+        default=[1_000, 10_000, 100_000],
+        help="queue sizes a runner drains, each in a fresh process",
+    )
     parser.add_argument("--json", type=Path, default=Path("build/bench/bench.json"))
     arguments = parser.parse_args()
     with isolated_state() as root:
@@ -493,6 +503,9 @@ def main() -> int:
                 arguments.messages, max(3, arguments.rounds // 5)
             )
         }
+        # Last: draining 100,000 entries removes as many files, after which
+        # this disk is slow to create files for minutes.
+        report["as the queue grows"] = scaling(arguments.scale)
     print(
         f"{report['machine']['system']}, {report['machine']['cpus']} CPUs, "
         f"Python {report['machine']['python']}, load {report['machine']['load']}"
@@ -505,6 +518,10 @@ def main() -> int:
         "drain",
     ):
         print("\n".join(table(title, report[title])))
+    print("as the queue grows (mailqueue alone, a fresh process each)")
+    for size, figures in report["as the queue grows"].items():
+        shown = "; ".join(f"{name} {value:,.1f}" for name, value in figures.items())
+        print(f"  {size:<24} {shown}")
     arguments.json.parent.mkdir(parents=True, exist_ok=True)
     arguments.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"(JSON in {arguments.json})")

@@ -15,7 +15,8 @@ BENCH = Path(__file__).with_name("bench_queue.py")
 def test_the_benchmark_runs_every_measure_side_by_side(tmp_path):
     report = tmp_path / "bench.json"
     arguments = ["--rounds", "2", "--cycles", "2", "--entries", "200"]
-    arguments += ["--messages", "20", "--peak-entries", "500", "--json", str(report)]
+    arguments += ["--messages", "20", "--peak-entries", "500", "--scale", "50", "100"]
+    arguments += ["--json", str(report)]
     finished = subprocess.run(
         [sys.executable, "-W", "ignore::DeprecationWarning", str(BENCH), *arguments],
         capture_output=True,
@@ -30,7 +31,20 @@ def test_the_benchmark_runs_every_measure_side_by_side(tmp_path):
         for result in figures[measure].values():
             assert set(result["figures"]) == {"mailqueue", "mailman", "floor"}
             assert set(result["ratios"]) == {"mailqueue / mailman", "mailqueue / floor"}
-    assert set(figures["listing"]) == {"200 entries", "200 entries, slice 0 of 4"}
-    assert "mailqueue / bare switchboard" in figures["drain"]["20 entries"]["ratios"]
+    assert set(figures["listing"]) == {
+        "200 entries",
+        "200 entries, slice 0 of 4",
+        "200 entries, 1 in 7 of 9 digits",
+        "200 entries, 1 in 7 of 9 digits, slice 0 of 4",
+    }
+    assert set(figures["drain"]["20 entries"]["ratios"]) == {
+        "mailqueue / bare switchboard",
+        "mailqueue / mailman",
+        "mailqueue / mailman's bare switchboard",
+    }
+    grows = figures["as the queue grows"]
+    assert set(grows) == {"50 entries", "100 entries"}
+    for result in grows.values():
+        assert result["first message (ms)"] > 0
     peak = figures["peak memory"]["listing 500 entries"]
     assert set(peak["figures"]) == {"mailqueue", "mailman", "floor"}
