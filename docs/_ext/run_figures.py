@@ -182,6 +182,20 @@ class BenchRun(SphinxDirective):
                     f"     - {ratios}",
                 ]
             lines.append("")
+        grows = report.get("as the queue grows", {})
+        if grows:
+            columns = list(next(iter(grows.values())))
+            lines += [
+                ".. list-table:: as the queue grows (mailqueue, a fresh process each)",
+                "   :header-rows: 1",
+                "",
+                "   * - queue",
+                *[f"     - {column}" for column in columns],
+            ]
+            for size, figures in grows.items():
+                lines.append(f"   * - {size}")
+                lines += [f"     - {figures[column]:,.1f}" for column in columns]
+            lines.append("")
         container = nodes.container(classes=["bench-run"])
         self.state.nested_parse(StringList(lines), self.content_offset, container)
         return [container]

@@ -69,6 +69,12 @@ class MailmanAdapter(Adapter):
         "order, so a tie is not ordered by digest and can even be listed after "
         "a later entry",
         (
+            "queue-files.rst",
+            "Spare files",
+            "SHOULD",
+        ): "a new file is made for every entry and removed when it is finished: "
+        "there are no spare files",
+        (
             "switchboard.rst",
             "Files that are not queue entries",
             "SHOULD",
