@@ -143,6 +143,12 @@ class BenchRun(SphinxDirective):
             f"{machine['cpus']} CPUs, Python {machine['python']}, load "
             f"{machine['load']}, {machine['file creation (µs)']} µs to create a file"
             + (
+                f" and {machine['durable file creation (µs)']} µs to create and "
+                "flush one"
+                if "durable file creation (µs)" in machine
+                else ""
+            )
+            + (
                 f"; warnings: {'; '.join(machine['warnings'])}"
                 if machine["warnings"]
                 else ""
