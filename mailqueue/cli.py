@@ -173,9 +173,13 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
                     runner = {"pid": None, "restarts": 0}
                 else:
                     state = runner.get("state", "running")
-                if state == "running" and not _owns_its_slice(spec, runner["pid"]):
+                owner = _slice_owner(spec)
+                if state == "running" and owner not in (
+                    None,
+                    {"host": config.host_name, "pid": runner["pid"]},
+                ):
                     state = "standing by"
-                runners[spec] = runner | {"state": state}
+                runners[spec] = runner | {"state": state, "owner": owner}
     # A monitoring check can rely on the status: no master, or a slice given
     # up, is a failure.
     status = (
@@ -195,21 +199,28 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
     print(f"mailqueue master running (pid {pid}) on {config.VAR_DIR}")
     for spec, runner in runners.items():
         pid_text = str(runner["pid"] or "-")
+        owner = runner["owner"]
+        if owner is None:
+            owned = "owner: nobody"
+        elif owner == {"host": config.host_name, "pid": runner["pid"]}:
+            owned = "owner: this runner"
+        else:
+            owned = f"owner: pid {owner['pid']} on {owner['host']}"
         print(
             f"  runner {spec:<12} {runner['state']:<11} pid {pid_text:<8} "
-            f"restarts {runner['restarts']}"
+            f"restarts {runner['restarts']:<3} {owned}"
         )
     return status
 
 
-def _owns_its_slice(spec: str, pid: int | None) -> bool:
-    """Whether the runner *pid* of *spec* holds its slice's lock (read only)."""
+def _slice_owner(spec: str) -> dict[str, Any] | None:
+    """Who holds the lock of *spec*'s slice, on any host (this only looks)."""
     name, slice, count = spec.split(":")
     section = config.runners.get(name)
-    if pid is None or section is None or section.path is None:
-        return True
-    owner = slice_owner(section.path, int(slice), int(count))
-    return owner is None or owner[1] == pid
+    if section is None or section.path is None:
+        return None
+    owner = slice_owner(section.path, int(slice), int(count), config.host_name)
+    return None if owner is None else {"host": owner[0], "pid": owner[1]}
 
 
 def _reopen(arguments: argparse.Namespace, config_file: str | None) -> int:
@@ -624,7 +635,8 @@ def _flush(arguments: argparse.Namespace, config_file: str | None) -> int:
 def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:
     if arguments.action is None:
         # Listing creates nothing: no database yet means no lists yet.
-        if os.path.exists(os.path.join(config.DATA_DIR, "lists.sqlite3")):
+        url = config.database_url
+        if not url.startswith("sqlite:///") or os.path.exists(url[len("sqlite:///") :]):
             for mlist in config.lists:
                 print(mlist.fqdn_listname)
         return 0

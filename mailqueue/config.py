@@ -29,6 +29,7 @@ import configparser
 import difflib
 import os
 import re
+import socket
 import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ RUNNER_DEFAULTS = {
     "restart_window": "10m",
     "sleep_time": "1s",
     "start": "yes",
+    "prefer": "",
 }
 
 DEFAULTS = """
@@ -111,6 +113,8 @@ _BOOLEANS = {
 SECTION_KEYS = {
     "paths": {"var_dir", "queue_dir", "data_dir", "log_dir"},
     "queues": {"max_entry_size", "stale_tmp_after"},
+    "host": {"name"},
+    "database": {"url"},
 }
 
 
@@ -137,6 +141,8 @@ class RunnerConfig:
     start: bool
     #: Restarts count against ``max_restarts`` for this long after them.
     restart_window: timedelta
+    #: The slices this host prefers to work when every host is up.
+    prefer: frozenset[int] = frozenset()
 
 
 class Configuration:
@@ -234,10 +240,26 @@ class Configuration:
         #: removes it.
         self.stale_tmp_after = stale_tmp_after.total_seconds()
         self.runners: dict[str, RunnerConfig] = runners
-        self.switchboards: Mapping[str, Switchboard] = _Switchboards(
-            runners, max_entry_size
+        #: This host's name in owner files: ``[host] name``, or the system's.
+        self.host_name = (
+            merged.get("host", {}).get("name", "").strip() or socket.gethostname()
         )
-        if self._lists is not None and self._lists.path != self._database_path:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", self.host_name):
+            raise ConfigurationError(
+                f"{at('host', 'name')} must be a host name, not {self.host_name!r}"
+            )
+        self.switchboards: Mapping[str, Switchboard] = _Switchboards(
+            runners, max_entry_size, self.host_name
+        )
+        url = merged.get("database", {}).get("url", "").strip()
+        default = os.path.join(substitutions["DATA_DIR"], "lists.sqlite3")
+        self._database_url = url or f"sqlite:///{default}"
+        if not self._database_url.startswith(("sqlite:///", "postgresql://")):
+            raise ConfigurationError(
+                f"{at('database', 'url')} must be sqlite:///PATH or "
+                f"postgresql://..., not {url!r}"
+            )
+        if self._lists is not None and self._lists.url != self._database_url:
             self._lists.close()
             self._lists = None
 
@@ -268,25 +290,32 @@ class Configuration:
         return self._merged.get(section, {}).get(key, default)
 
     @property
-    def _database_path(self) -> str:
-        return os.path.join(self.DATA_DIR, "lists.sqlite3")
+    def database_url(self) -> str:
+        """The list database: ``[database] url``, else an SQLite file in DATA_DIR."""
+        return self._database_url
 
     @property
     def lists(self) -> ListManager:
-        """The mailing lists, kept in a database under :attr:`DATA_DIR`."""
+        """The mailing lists, in the database ``[database] url`` names.
+
+        By default that is an SQLite file under :attr:`DATA_DIR`.
+        """
         if self._lists is None or not self._lists.usable:
             from mailqueue.lists import ListManager
 
-            self._lists = ListManager(self._database_path)
+            self._lists = ListManager(self._database_url)
         return self._lists
 
 
 class _Switchboards(Mapping[str, "Switchboard"]):
     """One switchboard per queue runner, made (with its directory) when first used."""
 
-    def __init__(self, runners: dict[str, RunnerConfig], max_entry_size: int) -> None:
+    def __init__(
+        self, runners: dict[str, RunnerConfig], max_entry_size: int, host: str
+    ) -> None:
         self._paths = {name: r.path for name, r in runners.items() if r.path}
         self._max_entry_size = max_entry_size
+        self._host = host
         self._made: dict[str, Switchboard] = {}
 
     def __getitem__(self, name: str) -> Switchboard:
@@ -294,7 +323,10 @@ class _Switchboards(Mapping[str, "Switchboard"]):
             from mailqueue.switchboard import Switchboard
 
             self._made[name] = Switchboard(
-                name, self._paths[name], max_entry_size=self._max_entry_size
+                name,
+                self._paths[name],
+                max_entry_size=self._max_entry_size,
+                host=self._host,
             )
         return self._made[name]
 
@@ -451,6 +483,7 @@ def _runner_config(
             f"{at('start')} must be yes or no, not {values['start']!r}"
         )
     path = _expand(values["path"].strip(), substitutions | {"name": name}, at("path"))
+    prefer = _slices(values["prefer"], instances, at("prefer"))
     return RunnerConfig(
         name=name,
         class_path=values["class"].strip(),
@@ -460,7 +493,26 @@ def _runner_config(
         sleep_time=sleep_time,
         restart_window=_duration(values["restart_window"], at("restart_window")),
         start=start,
+        prefer=prefer,
     )
+
+
+def _slices(text: str, instances: int, where: str) -> frozenset[int]:
+    # "0-1, 3": slice numbers and ranges of them, each below instances.
+    found: set[int] = set()
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        match = re.fullmatch(r"([0-9]+)(?:\s*-\s*([0-9]+))?", part)
+        if match is None:
+            raise ConfigurationError(
+                f"{where} must be slice numbers and ranges (like 0-1, 3), not {text!r}"
+            )
+        first, last = int(match[1]), int(match[2] or match[1])
+        if first > last or last >= instances:
+            raise ConfigurationError(
+                f"{where}: {part} is not a range of slices 0 to {instances - 1}"
+            )
+        found.update(range(first, last + 1))
+    return frozenset(found)
 
 
 #: The configuration of this process.

@@ -1,8 +1,10 @@
-"""Mailing lists and their members, kept in an embedded SQLite database.
+"""Mailing lists and their members, kept in a database.
 
-The database is one file under the configuration's data directory, so every
-runner process sees the same lists.  Each process opens one connection to it
-and keeps it.
+By default the database is an embedded SQLite file under the
+configuration's data directory, so every runner process of a host sees the
+same lists.  A cluster of hosts shares a PostgreSQL database instead
+(``[database] url: postgresql://...``, with ``pip install
+'mailqueue[postgresql]'``).  Each process opens one connection and keeps it.
 """
 
 from __future__ import annotations
@@ -143,36 +145,35 @@ class MailingList:
 
 
 class ListManager:
-    """The lists in the database at *path* (made, with its directory, if missing)."""
+    """The lists in the database at *url*: ``sqlite:///PATH`` or ``postgresql://...``.
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    An SQLite file is made, with its directory, if missing; the tables are
+    made in either database if missing.  A plain path means an SQLite file.
+    """
+
+    def __init__(self, url: str) -> None:
+        if not url.startswith(("sqlite:///", "postgresql://")):
+            url = f"sqlite:///{url}"
+        self.url = url
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        os.makedirs(os.path.dirname(path), mode=0o770, exist_ok=True)
-        try:
-            # Autocommit: every change is durable once its statement returns.
-            self._connection = sqlite3.connect(
-                path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            self._connection.execute("PRAGMA foreign_keys = ON")
-            self._connection.executescript(_SCHEMA)
-        except sqlite3.Error as error:
-            raise _database_error(path, error) from None
+        self._database: _Database = (
+            _PostgreSQL(url) if url.startswith("postgresql://") else _SQLite(url)
+        )
+
+    @property
+    def path(self) -> str:
+        """Where the database is, for a person to read (no password)."""
+        return self._database.where
 
     @property
     def usable(self) -> bool:
         """False once closed, or in a forked child: connections do not cross forks."""
-        return self._connection is not None and self._pid == os.getpid()
+        return self._database.open and self._pid == os.getpid()
 
-    def _query(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
+    def _query(self, sql: str, parameters: tuple = ()) -> _Rows:
         with self._lock:
-            try:
-                return self._connection.execute(sql, parameters)
-            except sqlite3.IntegrityError:
-                raise  # the caller's to explain (a list that exists already)
-            except sqlite3.Error as error:
-                raise _database_error(self.path, error) from None
+            return self._database.query(sql, parameters)
 
     def _make(self, row: tuple[str, str] | None) -> MailingList | None:
         return None if row is None else MailingList(row[0], Language(row[1]), self)
@@ -192,7 +193,7 @@ class ListManager:
                 " VALUES (?, ?, ?)",
                 (mlist.list_id, mlist.fqdn_listname, preferred_language),
             )
-        except sqlite3.IntegrityError:
+        except _Duplicate:
             raise ListExistsError(f"the list {fqdn_listname} exists already") from None
         return mlist
 
@@ -227,15 +228,113 @@ class ListManager:
 
     def close(self) -> None:
         """Close the connection (only in the process that opened it)."""
-        if self.usable:
+        self._database.close(mine=self._pid == os.getpid())
+
+
+class _Duplicate(Exception):
+    """A row that exists already."""
+
+
+class _Rows:
+    """What a query gave: its rows, read at once."""
+
+    def __init__(self, rows: list[tuple]) -> None:
+        self._rows = rows
+
+    def fetchone(self) -> tuple | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[tuple]:
+        return self._rows
+
+    def __iter__(self):
+        return iter(self._rows)
+
+
+class _Database:
+    """One connection to a list database, and the one way to query it."""
+
+    where = ""
+    open = False
+
+    def query(self, sql: str, parameters: tuple) -> _Rows:
+        raise NotImplementedError
+
+    def close(self, mine: bool) -> None:
+        raise NotImplementedError
+
+    def error(self, error: Exception) -> OSError:
+        # A database that cannot be opened or written (a read-only var
+        # directory, a full disk, a server that is down) is the system's
+        # trouble, said in one line.
+        return OSError(f"the list database {self.where}: {error}")
+
+
+class _SQLite(_Database):
+    def __init__(self, url: str) -> None:
+        path = url.removeprefix("sqlite:///")
+        path = path if path.startswith("/") else os.path.abspath(path)
+        self.where = path
+        os.makedirs(os.path.dirname(path), mode=0o770, exist_ok=True)
+        try:
+            # Autocommit: every change is durable once its statement returns.
+            self._connection = sqlite3.connect(
+                path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._connection.execute("PRAGMA foreign_keys = ON")
+            self._connection.executescript(_SCHEMA)
+        except sqlite3.Error as error:
+            raise self.error(error) from None
+        self.open = True
+
+    def query(self, sql: str, parameters: tuple) -> _Rows:
+        try:
+            return _Rows(self._connection.execute(sql, parameters).fetchall())
+        except sqlite3.IntegrityError:
+            raise _Duplicate from None
+        except sqlite3.Error as error:
+            raise self.error(error) from None
+
+    def close(self, mine: bool) -> None:
+        if self.open and mine:
             self._connection.close()
-        self._connection = None
+        self.open = False
 
 
-def _database_error(path: str, error: sqlite3.Error) -> OSError:
-    # A database that cannot be opened or written (a read-only var
-    # directory, a full disk) is the system's trouble, said in one line.
-    return OSError(f"the list database {path}: {error}")
+class _PostgreSQL(_Database):
+    def __init__(self, url: str) -> None:
+        # Say where, never the password.
+        self.where = re.sub(r"//[^@/]*@", "//", url)
+        try:
+            import psycopg
+        except ImportError:
+            raise OSError(
+                f"the list database {self.where} needs PostgreSQL's driver: "
+                "pip install 'mailqueue[postgresql]'"
+            ) from None
+        self._psycopg = psycopg
+        try:
+            # Autocommit: every change is durable once its statement returns.
+            self._connection = psycopg.connect(url, autocommit=True, connect_timeout=30)
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._connection.execute(statement)
+        except psycopg.Error as error:
+            raise self.error(error) from None
+        self.open = True
+
+    def query(self, sql: str, parameters: tuple) -> _Rows:
+        try:
+            cursor = self._connection.execute(sql.replace("?", "%s"), parameters)
+            return _Rows(cursor.fetchall() if cursor.description else [])
+        except self._psycopg.errors.UniqueViolation:
+            raise _Duplicate from None
+        except self._psycopg.Error as error:
+            raise self.error(error) from None
+
+    def close(self, mine: bool) -> None:
+        if self.open and mine:
+            self._connection.close()
+        self.open = False
 
 
 def check_list_id(list_id: str) -> str:

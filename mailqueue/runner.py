@@ -64,17 +64,24 @@ class Runner:
             if section.path is None:
                 raise ValueError(f"[runner.{name}] has no path for its queue")
             self.queue_directory: str | None = section.path
+            #: Whether this host prefers this runner's slice (``prefer``).
+            self.preferred = (slice or 0) in section.prefer
             self.switchboard: Switchboard | None = Switchboard(
                 name,
                 section.path,
                 slice,
                 section.instances,
-                recover=True,
                 max_entry_size=config.max_entry_size,
+                host=config.host_name,
             )
+            if self.preferred and not self.switchboard.claim_preference():
+                rlog.info("%s runner: another process prefers its slice too", self.name)
+                self.preferred = False
+            self._owns_slice()
         else:
             self.queue_directory = None
             self.switchboard = None
+            self.preferred = False
         self.sleep_time = section.sleep_time
         self.max_restarts = section.max_restarts
         self.start = section.start
@@ -94,6 +101,7 @@ class Runner:
         #: Lists and members looked up in this pass, for at most a second.
         self._lookups: dict[tuple[str, ...], Any] = {}
         self._lookups_at = 0.0
+        self._preference_checked = 0.0
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -165,7 +173,33 @@ class Runner:
 
     def _owns_slice(self) -> bool:
         assert self.switchboard is not None
-        return self.switchboard.take_ownership() or self.switchboard.owned_here
+        board = self.switchboard
+        if board.owner or board.owned_here:
+            return True
+        # A slice another process prefers is left to it, while it lives.
+        if not self.preferred and board.preferred_elsewhere():
+            return False
+        return board.take_ownership()
+
+    def _hand_over(self) -> bool:
+        """Between entries: let the slice go if a process that prefers it waits.
+
+        Looked at once a second at most.  Return True if it was let go.
+        """
+        board = self.switchboard
+        if board is None or self.preferred or not board.owner:
+            return False
+        now = time.monotonic()
+        if now - self._preference_checked < 1.0:
+            return False
+        self._preference_checked = now
+        if not board.preferred_elsewhere():
+            return False
+        board.release_ownership()
+        rlog.info(
+            "%s runner hands its slice over to a process that prefers it", self.name
+        )
+        return True
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, waking early if the master goes away (the pipe's end is read)."""
@@ -241,7 +275,7 @@ class Runner:
             return 0
         # Only the owner of a slice works on it: entries another process is
         # taking must not be taken twice.
-        if not self._owns_slice():
+        if not self._owns_slice() or self._hand_over():
             return 0
         files = self.switchboard.files
         self._lookups.clear()
@@ -249,7 +283,7 @@ class Runner:
             self._process_filebase(filebase)
             self._do_periodic()
             self._check_master()
-            if self._short_circuit():
+            if self._short_circuit() or self._hand_over():
                 break
         return len(files)
 

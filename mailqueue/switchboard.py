@@ -61,6 +61,7 @@ class Switchboard:
         numslices: int = 1,
         recover: bool = False,
         max_entry_size: int = qfile.MAX_ENTRY_SIZE,
+        host: str | None = None,
     ) -> None:
         if (
             not isinstance(numslices, int)
@@ -79,12 +80,15 @@ class Switchboard:
         self.slice = slice
         self.numslices = numslices
         self.max_entry_size = max_entry_size
+        #: This host's name, as owner files give it.
+        self.host = host or socket.gethostname()
         # A digest's slice is its top bits: exact integer arithmetic, so
         # every digest is in exactly one slice.
         self._shift = qfile.DIGEST_BITS - (numslices.bit_length() - 1)
         os.makedirs(queue_directory, mode=0o770, exist_ok=True)
         self._reported: set[str] = set()
         self._owner_lock: int | None = None
+        self._prefer_lock: int | None = None
         self._spares = qfile.SparePool(queue_directory)
         #: The sizes of the entries this switchboard dequeued and has not
         #: finished: those small enough become spares when finished.
@@ -120,7 +124,7 @@ class Switchboard:
 
     def owner_id(self) -> str:
         """Who owns this slice: ``pid PID on HOST``, or ``nobody``."""
-        owner = slice_owner(self.queue_directory, self.slice, self.numslices)
+        owner = slice_owner(self.queue_directory, self.slice, self.numslices, self.host)
         return "nobody" if owner is None else f"pid {owner[1]} on {owner[0]}"
 
     def take_ownership(self) -> bool:
@@ -145,10 +149,71 @@ class Switchboard:
         # Who owns it, for a person (and for other hosts) to read.
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{self.host} {os.getpid()}\n".encode(), 0)
         self.recover_backup_files()
         self.remove_stale_temporary_files()
         return True
+
+    def release_ownership(self) -> None:
+        """Stop owning this slice, so that another process can take it.
+
+        Call it only between entries: every entry this process dequeued
+        must be finished first, or the next owner recovers it again.
+        """
+        if self._owner_lock is None:
+            return
+        if _owners.get(self.owner_file) is self:
+            del _owners[self.owner_file]
+        fd, self._owner_lock = self._owner_lock, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
+
+    # Preferences: which host works a slice when every host is up --------
+
+    @property
+    def prefer_file(self) -> str:
+        """The lock file a process holds while it prefers to own this slice."""
+        return _owner_file(self.queue_directory, self.slice, self.numslices, ".prefer")
+
+    def claim_preference(self) -> bool:
+        """Say, for as long as this switchboard lives, that it prefers this slice.
+
+        Return False if another process says so already.  An owner that
+        does not prefer the slice hands it over, between two entries, as
+        soon as a process that does is waiting for it (see
+        :meth:`preferred_elsewhere`).
+        """
+        if self._prefer_lock is not None:
+            return True
+        fd = os.open(self.prefer_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._prefer_lock = fd
+        weakref.finalize(self, os.close, fd)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{self.host} {os.getpid()}\n".encode(), 0)
+        return True
+
+    def preferred_elsewhere(self) -> bool:
+        """True if a process other than this one prefers this slice, and lives."""
+        if self._prefer_lock is not None:
+            return False
+        try:
+            fd = os.open(self.prefer_file, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     def __repr__(self) -> str:
         where = "" if self.slice is None else f" slice {self.slice}/{self.numslices}"
@@ -404,37 +469,61 @@ class Switchboard:
         os.rename(backup, queued)
 
 
-def _owner_file(queue_directory: str, slice: int | None, numslices: int) -> str:
+def _owner_file(
+    queue_directory: str, slice: int | None, numslices: int, suffix: str = ".owner"
+) -> str:
     # Beside the queue directory, not in it: the directory holds queue
     # entries and nothing else.
     parent, queue = os.path.split(os.path.normpath(queue_directory))
     where = "" if slice is None or numslices == 1 else f"-{slice}-of-{numslices}"
-    return os.path.join(parent, f".{queue}{where}.owner")
+    return os.path.join(parent, f".{queue}{where}{suffix}")
 
 
 def slice_owner(
-    queue_directory: str, slice: int | None = None, numslices: int = 1
+    queue_directory: str,
+    slice: int | None = None,
+    numslices: int = 1,
+    host: str | None = None,
 ) -> tuple[str, int] | None:
     """Who owns a slice of a queue: its host and pid, or None if nobody does.
 
-    This reads the owner file and touches nothing.  The owner writes it when
-    it takes the lock, and a process of this host that is gone owns nothing.
+    The owner holds a lock on the owner file and has written its host and
+    pid into it.  A file that nobody holds a lock on names nobody, whatever
+    it says: its owner is gone, on this host or another (a lock taken over
+    a network file system is let go of when its client goes).  *host* is
+    this host's name (the system's by default); a process of this host that
+    is gone owns nothing either.  This only looks: a lock it tests is let
+    go of at once.
     """
+    path = _owner_file(queue_directory, slice, numslices)
     try:
-        with open(_owner_file(queue_directory, slice, numslices)) as stream:
-            host, _, pid = stream.read(300).strip().partition(" ")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: it names the owner
+        except OSError:
+            pass  # no locks here: only the file can tell
+        else:
+            return None
+        host_name, _, pid = (
+            os.pread(fd, 300, 0).decode(errors="replace").strip().partition(" ")
+        )
+    finally:
+        os.close(fd)
     if not pid.isdigit():
         return None
-    if host == socket.gethostname():
+    if host_name == (host or socket.gethostname()):
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
             return None
         except PermissionError:
             pass  # alive, and someone else's
-    return host, int(pid)
+    return host_name, int(pid)
 
 
 def _flag(value: Any) -> bool:

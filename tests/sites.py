@@ -30,7 +30,7 @@ def wait_for(condition, timeout, what):
 class Site:
     """A var directory with a configuration file, and the command to run on it."""
 
-    def __init__(self, var_dir, extra=""):
+    def __init__(self, var_dir, extra="", paths=""):
         self.var_dir = var_dir
         self.config_file = os.path.join(var_dir, "site.cfg")
         # retry and virgin do not start, unless the test's extra says so.
@@ -40,7 +40,7 @@ class Site:
             if f"[runner.{name}]" not in extra
         )
         with open(self.config_file, "w") as stream:
-            stream.write(f"[paths]\nvar_dir: {var_dir}\n" + quiet + extra)
+            stream.write(f"[paths]\nvar_dir: {var_dir}\n{paths}" + quiet + extra)
 
     def run(self, *arguments, check=True, env=None):
         result = subprocess.run(
