@@ -1,5 +1,5 @@
-# Every target sets up .venv (with the project and its test, docs and mailman
-# extras) when it is missing or older than pyproject.toml.
+# Every target sets up .venv (with the project and its test, docs, mailman and
+# postgresql extras) when it is missing or older than pyproject.toml.
 
 PYTHON ?= python3
 IMPL   ?= mailqueue
@@ -7,7 +7,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help test docs docs-check lint bench fuzz soak conformance conformance-results interop clean
+.PHONY: help test docs docs-check lint bench fuzz soak conformance conformance-results interop \
+	spec-postgresql postgresql-server clean
 
 help:
 	@echo "make test   run the spec (docs/*.rst) and the tests"
@@ -22,12 +23,14 @@ help:
 	@echo "make conformance IMPL=NAME  run the spec against an implementation"
 	@echo "                 (mailqueue, mailman, or package.module:adapter)"
 	@echo "make interop     exchange queue files between mailqueue and GNU Mailman"
+	@echo "make spec-postgresql  run the spec with its lists in a throwaway PostgreSQL"
+	@echo "                 server (Debian's postgresql is installed if missing)"
 	@echo "make clean  remove build output and the virtual environment"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,docs,mailman]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs,mailman,postgresql]'
 	touch $@
 
 test: $(STAMP)
@@ -77,6 +80,19 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -W ignore::DeprecationWarning tests/bench/bench_queue.py --json docs/bench-run.json
+
+# Debian's PostgreSQL server, for the spec run against it.
+postgresql-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			postgresql >/dev/null; }
+
+# The spec with the list database in PostgreSQL (a throwaway server on
+# loopback, stopped afterwards whatever happens), and the list tests.
+spec-postgresql: $(STAMP) postgresql-server
+	$(BIN)/python tests/servers.py postgresql -- \
+		$(BIN)/python -m pytest -q -p no:cacheprovider docs tests/test_lists.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache .hypothesis

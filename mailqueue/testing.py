@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -33,16 +34,26 @@ def dump_msgdata(msgdata: dict[str, Any], *skip: str) -> None:
 
 
 @contextlib.contextmanager
-def isolated_state(configuration: Configuration = config) -> Iterator[str]:
+def isolated_state(
+    configuration: Configuration = config, database_url: str | None = None
+) -> Iterator[str]:
     """Run the block with all state (queues, lists) in a new temporary directory.
 
-    On the way out every configuration layer pushed inside the block (and
-    not popped) is popped too, and the directory is removed.
-    Yield the directory.
+    The lists are in an SQLite file there, or, with a ``postgresql://``
+    *database_url* (by default ``$MAILQUEUE_TEST_DATABASE``, if set), in a
+    new schema of that database, dropped afterwards.  On the way out every
+    configuration layer pushed inside the block (and not popped) is popped
+    too, and the directory is removed.  Yield the directory.
     """
     layer = f"isolated-state-{uuid.uuid4().hex}"
-    with tempfile.TemporaryDirectory(prefix="mailqueue-") as var_dir:
-        configuration.push(layer, f"[paths]\nvar_dir: {var_dir}\n")
+    if database_url is None:
+        database_url = os.environ.get("MAILQUEUE_TEST_DATABASE") or None
+    with (
+        tempfile.TemporaryDirectory(prefix="mailqueue-") as var_dir,
+        _fresh_schema(database_url) as url,
+    ):
+        database = f"[database]\nurl: {url}\n" if url else ""
+        configuration.push(layer, f"[paths]\nvar_dir: {var_dir}\n{database}")
         try:
             yield var_dir
         finally:
@@ -50,6 +61,24 @@ def isolated_state(configuration: Configuration = config) -> Iterator[str]:
             for name in reversed(names[names.index(layer) :]):
                 # Popping the layer also closes the list database in it.
                 configuration.pop(name)
+
+
+@contextlib.contextmanager
+def _fresh_schema(url: str | None) -> Iterator[str | None]:
+    # A PostgreSQL database shared by many blocks: each gets its own schema.
+    if not url:
+        yield None
+        return
+    import psycopg
+
+    schema = f"mailqueue_{uuid.uuid4().hex}"
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            separator = "&" if "?" in url else "?"
+            yield f"{url}{separator}options=-csearch_path%3D{schema}"
+        finally:
+            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 #: The loggers a document can look at, below the implementation's root logger.
