@@ -3,12 +3,13 @@
 
 PYTHON ?= python3
 IMPL   ?= mailqueue
+CLUSTER_REPORT ?= docs/cluster-run.json
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: help test docs docs-check lint bench fuzz soak conformance conformance-results interop \
-	spec-postgresql postgresql-server clean
+	spec-postgresql postgresql-server cluster-servers cluster-test clean
 
 help:
 	@echo "make test   run the spec (docs/*.rst) and the tests"
@@ -23,6 +24,8 @@ help:
 	@echo "make conformance IMPL=NAME  run the spec against an implementation"
 	@echo "                 (mailqueue, mailman, or package.module:adapter)"
 	@echo "make interop     exchange queue files between mailqueue and GNU Mailman"
+	@echo "make cluster-test  two hosts on a GlusterFS volume and PostgreSQL, one killed;"
+	@echo "            its figures go to docs/cluster-run.json"
 	@echo "make spec-postgresql  run the spec with its lists in a throwaway PostgreSQL"
 	@echo "                 server (Debian's postgresql is installed if missing)"
 	@echo "make clean  remove build output and the virtual environment"
@@ -93,6 +96,18 @@ postgresql-server:
 spec-postgresql: $(STAMP) postgresql-server
 	$(BIN)/python tests/servers.py postgresql -- \
 		$(BIN)/python -m pytest -q -p no:cacheprovider docs tests/test_lists.py
+
+# Debian's GlusterFS server and client, and PostgreSQL, for the cluster test.
+cluster-servers: postgresql-server
+	@command -v glusterd >/dev/null 2>&1 || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			glusterfs-server glusterfs-client >/dev/null; }
+
+# Two hosts (two mounts of one volume) with a real kill; everything it
+# starts it stops, even when it fails.
+cluster-test: $(STAMP) cluster-servers
+	$(BIN)/python tests/cluster/cluster.py --report $(CLUSTER_REPORT)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache .hypothesis

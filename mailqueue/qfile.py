@@ -42,6 +42,7 @@ from mailqueue import safepickle
 __all__ = [
     "DIGEST_BITS",
     "FILEBASE",
+    "LOCAL_FILE_SYSTEMS",
     "MAX_ENTRY_SIZE",
     "PICKLE_PROTOCOL",
     "QFILE_SCHEMA_VERSION",
@@ -50,6 +51,7 @@ __all__ = [
     "SparePool",
     "dump_checked",
     "fsync_directory",
+    "is_local_file_system",
     "list_queue",
     "load_entry",
     "make_filebase",
@@ -440,23 +442,38 @@ def write_file(
     """
     temporary = path + ".tmp"
     fd, old_size = spares.take(temporary) if spares is not None else (None, 0)
-    if fd is None:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
-    try:
+    written = False
+    if fd is not None:
         try:
-            size = _write_all(fd, parts)
-            # A spare may be longer than this entry: nothing of it may stay.
-            if old_size > size:
-                os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            _write_temporary(fd, parts, old_size)
+            written = True
+        except OSError:
+            # Whatever went wrong with a spare (a network file system may
+            # call it stale), a new file is tried before giving up.
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+    try:
+        if not written:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
+            _write_temporary(fd, parts, 0)
         os.rename(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
     fsync_directory(os.path.dirname(path))
+
+
+def _write_temporary(fd: int, parts: tuple[bytes | memoryview, ...], old: int) -> None:
+    # Write parts over what fd holds (old bytes of it), flush, and close it.
+    try:
+        size = _write_all(fd, parts)
+        # A spare may be longer than this entry: nothing of it may stay.
+        if old > size:
+            os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, parts: tuple[bytes | memoryview, ...]) -> int:
@@ -495,6 +512,10 @@ class SparePool:
     def __init__(self, queue_directory: str) -> None:
         parent, queue = os.path.split(os.path.normpath(queue_directory))
         self.directory = os.path.join(parent, f".{queue}.spare")
+        #: Spares only on a local file system: a network file system may keep
+        #: a file's old content, by its identity, on one host while another
+        #: host writes over it (GlusterFS does); a new file is a new identity.
+        self.enabled = is_local_file_system(parent)
         self._next = 0
         #: When taking last found the pool empty, and giving found it full:
         #: it is not tried again for a second.
@@ -506,7 +527,12 @@ class SparePool:
         It is kept if it is small enough and a slot of the pool is free;
         else it is just removed.  Either way it is gone from *path*.
         """
-        if size is not None and size <= self.max_size and self._keep(path):
+        if (
+            self.enabled
+            and size is not None
+            and size <= self.max_size
+            and self._keep(path)
+        ):
             self._empty_at = -math.inf
         os.unlink(path)
 
@@ -541,7 +567,7 @@ class SparePool:
         with no other name; anything else found in the pool is removed, or
         left alone if it is a directory.
         """
-        if time.monotonic() - self._empty_at < 1.0:
+        if not self.enabled or time.monotonic() - self._empty_at < 1.0:
             return None, 0
         for step in range(self.slots):
             number = (self._next + step) % self.slots
@@ -579,14 +605,53 @@ class SparePool:
             )
         except OSError:
             return None
-        opened = os.fstat(fd)
-        if _reusable(opened) and (opened.st_dev, opened.st_ino) == (
-            found.st_dev,
-            found.st_ino,
+        try:
+            opened = os.fstat(fd)
+        except OSError:
+            # A network file system may say the file went away under it.
+            opened = None
+        if (
+            opened is not None
+            and _reusable(opened)
+            and (opened.st_dev, opened.st_ino) == (found.st_dev, found.st_ino)
         ):
             return fd
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
         return None
+
+
+#: File systems whose files are this host's alone (its page cache is theirs).
+LOCAL_FILE_SYSTEMS = frozenset(
+    ["ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "jfs", "zfs", "overlay"]
+)
+
+
+@functools.cache
+def is_local_file_system(
+    directory: str, mountinfo: str = "/proc/self/mountinfo"
+) -> bool:
+    """True if *directory* is on a file system of :data:`LOCAL_FILE_SYSTEMS`.
+
+    Read from *mountinfo* (Linux's): the mount whose point is the longest
+    prefix of the directory's real path.  Anything else, or not knowing, is
+    False.
+    """
+    path = os.path.realpath(directory)
+    best, kind = "", None
+    try:
+        with open(mountinfo) as stream:
+            for line in stream:
+                fields = line.split()
+                point = fields[4].replace("\\040", " ")
+                # After the optional fields, a "-", then the type.
+                fs_type = fields[fields.index("-") + 1]
+                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, kind = point, fs_type
+    except (OSError, ValueError, IndexError):
+        return False
+    return kind in LOCAL_FILE_SYSTEMS
 
 
 def _reusable(found: os.stat_result) -> bool:

@@ -64,6 +64,7 @@ class Runner:
             if section.path is None:
                 raise ValueError(f"[runner.{name}] has no path for its queue")
             self.queue_directory: str | None = section.path
+            self._waiting = False
             #: Whether this host prefers this runner's slice (``prefer``).
             self.preferred = (slice or 0) in section.prefer
             self.switchboard: Switchboard | None = Switchboard(
@@ -168,8 +169,6 @@ class Runner:
                     self._sleep(STANDBY_INTERVAL)
                 finally:
                     self._sleeping = False
-        if self.switchboard.owned_here:
-            rlog.info("%s runner now owns its slice", self.name)
 
     def _owns_slice(self) -> bool:
         assert self.switchboard is not None
@@ -177,9 +176,19 @@ class Runner:
         if board.owner or board.owned_here:
             return True
         # A slice another process prefers is left to it, while it lives.
-        if not self.preferred and board.preferred_elsewhere():
+        if (not self.preferred and board.preferred_elsewhere()) or (
+            not board.take_ownership()
+        ):
+            self._waiting = True
             return False
-        return board.take_ownership()
+        if self._waiting:
+            self._waiting = False
+            rlog.info(
+                "%s runner now owns its slice%s",
+                self.name,
+                f" and recovered {board.recovered} entries" if board.recovered else "",
+            )
+        return True
 
     def _hand_over(self) -> bool:
         """Between entries: let the slice go if a process that prefers it waits.

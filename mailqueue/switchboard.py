@@ -89,6 +89,7 @@ class Switchboard:
         self._reported: set[str] = set()
         self._owner_lock: int | None = None
         self._prefer_lock: int | None = None
+        self.recovered = 0
         self._spares = qfile.SparePool(queue_directory)
         #: The sizes of the entries this switchboard dequeued and has not
         #: finished: those small enough become spares when finished.
@@ -433,7 +434,10 @@ class Switchboard:
         cannot be read or written back is preserved at once, and recovery
         goes on with the next: whatever the queue holds, this returns.
         """
-        for filebase in self.get_files(".bak"):
+        backups = self.get_files(".bak")
+        #: How many ``.bak`` files the last recovery found.
+        self.recovered = len(backups)
+        for filebase in backups:
             try:
                 self._recover(filebase)
             except FileNotFoundError:

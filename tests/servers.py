@@ -8,6 +8,10 @@ unprivileged ``postgres`` user when run as root, on a free loopback port),
 runs COMMAND with ``MAILQUEUE_TEST_DATABASE`` set to its URL, then stops the
 server and removes the directory, whatever COMMAND did.  Its exit status is
 COMMAND's.
+
+:func:`glusterfs` does the same for a one-brick GlusterFS volume on
+127.0.1.1 (Gluster refuses ``localhost`` and ``127.0.0.1`` as a brick host),
+mounted twice with the FUSE client: each mount stands for one host.
 """
 
 from __future__ import annotations
@@ -113,6 +117,151 @@ def postgresql() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+#: The volume options a shared queue needs (see docs/operating.rst).
+CONSISTENT = [
+    ("performance.stat-prefetch", "off"),
+    ("performance.quick-read", "off"),
+    ("performance.io-cache", "off"),
+    ("performance.read-ahead", "off"),
+    ("performance.readdir-ahead", "off"),
+    ("performance.write-behind", "off"),
+    ("performance.open-behind", "off"),
+    ("performance.nl-cache", "off"),
+]
+#: The FUSE mount options it needs: the kernel caches no names either.
+MOUNT_OPTIONS = "entry-timeout=0,attribute-timeout=0,negative-timeout=0"
+
+
+class Volume:
+    """A GlusterFS volume mounted twice; each mount is one host's view of it."""
+
+    def __init__(self, directory: str, name: str) -> None:
+        self.directory = directory
+        self.name = name
+        self.mounts = [os.path.join(directory, f"mount-{n}") for n in "ab"]
+
+    def mount(self, where: str) -> None:
+        os.makedirs(where, exist_ok=True)
+        log = os.path.join(self.directory, f"{os.path.basename(where)}.log")
+        subprocess.run(
+            [
+                "mount",
+                "-t",
+                "glusterfs",
+                "-o",
+                f"log-file={log},{MOUNT_OPTIONS}",
+                f"127.0.1.1:/{self.name}",
+                where,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def client_pid(self, where: str) -> int:
+        """The pid of the FUSE client process serving the mount *where*."""
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                    words = stream.read().split(b"\0")
+            except OSError:
+                continue
+            if words[0].endswith(b"glusterfs") and os.fsencode(where) in words:
+                return int(entry)
+        raise LookupError(f"no GlusterFS client for {where}")
+
+    def crash(self, where: str) -> None:
+        """Kill the client of *where*, as a machine that crashed would lose it."""
+        os.kill(self.client_pid(where), 9)
+
+    def unmount(self, where: str) -> None:
+        subprocess.run(["umount", "-l", where], capture_output=True, check=False)
+
+
+def _gluster(*arguments: str) -> None:
+    subprocess.run(
+        ["gluster", "--mode=script", *arguments],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+@contextlib.contextmanager
+def glusterfs() -> Iterator[Volume]:
+    """A one-brick volume on 127.0.1.1, mounted twice, for the block."""
+    if shutil.which("glusterd") is None or shutil.which("mount.glusterfs") is None:
+        raise SystemExit("no GlusterFS: install Debian's glusterfs-server")
+    if subprocess.run(["pgrep", "-x", "glusterd"], capture_output=True).returncode == 0:
+        raise SystemExit("a glusterd is running already: stop it first")
+    directory = tempfile.mkdtemp(prefix="mailqueue-gluster-")
+    volume = Volume(directory, "mailqueue")
+    working = os.path.join(directory, "glusterd")
+    os.makedirs(working)
+    brick = os.path.join(directory, "brick")
+    os.makedirs(brick)
+    volfile = os.path.join(directory, "glusterd.vol")
+    with open(volfile, "w") as stream:
+        # Listening on a loopback address only.
+        stream.write(
+            "volume management\n    type mgmt/glusterd\n"
+            f"    option working-directory {working}\n"
+            "    option transport-type socket\n"
+            "    option transport.socket.bind-address 127.0.1.1\n"
+            "    option transport.socket.listen-port 24007\n"
+            "    option ping-timeout 0\n    option event-threads 1\nend-volume\n"
+        )
+    pid_file = os.path.join(directory, "glusterd.pid")
+    try:
+        subprocess.run(
+            [
+                "glusterd",
+                "-f",
+                volfile,
+                f"--pid-file={pid_file}",
+                "-l",
+                os.path.join(directory, "glusterd.log"),
+            ],
+            check=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _gluster("volume", "create", volume.name, f"127.0.1.1:{brick}", "force")
+                break
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        # A queue needs every host to see what another just did: no client
+        # caching of names, attributes or content (CONSISTENT, above).
+        for option, value in CONSISTENT:
+            _gluster("volume", "set", volume.name, option, value)
+        _gluster("volume", "start", volume.name)
+        for where in volume.mounts:
+            volume.mount(where)
+        yield volume
+    finally:
+        for where in volume.mounts:
+            volume.unmount(where)
+        subprocess.run(
+            ["gluster", "--mode=script", "volume", "stop", volume.name, "force"],
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        with contextlib.suppress(OSError, ValueError), open(pid_file) as stream:
+            os.kill(int(stream.read()), 15)
+        # The brick and any client left: started by glusterd for this volume.
+        subprocess.run(["pkill", "-f", f"glusterfsd.*{brick}"], check=False)
+        subprocess.run(["pkill", "-f", f"glusterfs.*{directory}"], check=False)
+        time.sleep(1)
         shutil.rmtree(directory, ignore_errors=True)
 
 

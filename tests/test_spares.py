@@ -124,3 +124,51 @@ def test_someone_elses_file_is_never_written_over(queue, monkeypatch):
         spare.seek(0)
         assert spare.read() == before
     assert entry(queue, filebase).get_payload() == "Hello.\n"
+
+
+def test_a_spare_that_fails_is_given_up_for_a_new_file(queue, monkeypatch):
+    cycle(queue)
+    real = os.pwritev
+    calls = []
+
+    def stale_once(fd, buffers, offset):
+        calls.append(fd)
+        if len(calls) == 1:  # the spare: gone stale on a network file system
+            raise OSError(116, "Stale file handle")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(qfile.os, "pwritev", stale_once)
+    filebase = queue.enqueue(message_from_string(TEXT))
+    assert len(calls) == 2
+    assert entry(queue, filebase).get_payload() == "Hello.\n"
+    assert os.listdir(queue.queue_directory) == [filebase + ".pck"]
+
+
+MOUNTINFO = """\
+22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard
+40 22 0:35 / /srv/shared rw,relatime shared:20 - fuse.glusterfs 127.0.1.1:/mq rw
+41 22 0:36 / /srv/shared/local rw - tmpfs tmpfs rw
+42 22 0:37 / /mnt/nfs rw - nfs4 server:/export rw
+"""
+
+
+@pytest.mark.parametrize(
+    "directory, local",
+    [
+        ("/var/lib/mailqueue/queue", True),
+        ("/srv/shared/queue", False),  # GlusterFS: spares would be read stale
+        ("/srv/shared/local/queue", True),  # the longest mount point decides
+        ("/srv/sharedness", True),  # a prefix of the name is not a mount
+        ("/mnt/nfs/queue", False),
+    ],
+)
+def test_spares_only_on_a_local_file_system(tmp_path, directory, local):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO)
+    assert qfile.is_local_file_system(directory, str(mountinfo)) is local
+
+
+def test_no_spares_where_the_file_system_is_not_local(queue, monkeypatch):
+    queue._spares.enabled = False
+    cycle(queue)
+    assert not os.path.exists(queue._spares.directory)

@@ -207,8 +207,38 @@ class BenchRun(SphinxDirective):
         return [container]
 
 
+class ClusterRun(SphinxDirective):
+    """The figures of the latest ``make cluster-test``, one a row."""
+
+    required_arguments = 1  # the report, relative to this document
+
+    def run(self):
+        path = Path(self.env.doc2path(self.env.docname)).parent / self.arguments[0]
+        if not path.exists():
+            raise self.error(f"no cluster-test report at {path}: run make cluster-test")
+        self.env.note_dependency(str(path))
+        report = json.loads(path.read_text())
+        lines = [
+            f"Run on {report['date']} with Python {report['python']}: "
+            f"``{report['command']}``.",
+            "",
+            ".. list-table::",
+            "   :header-rows: 1",
+            "",
+            "   * - figure",
+            "     - value",
+        ]
+        for key, value in report.items():
+            if key not in ("date", "python", "command"):
+                lines += [f"   * - {key}", f"     - {value:,}"]
+        container = nodes.container(classes=["cluster-run"])
+        self.state.nested_parse(StringList(lines), self.content_offset, container)
+        return [container]
+
+
 def setup(app):
     app.add_directive("bench-run", BenchRun)
+    app.add_directive("cluster-run", ClusterRun)
     app.add_directive("hostile-run", HostileRun)
     app.add_directive("soak-run", SoakRun)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
