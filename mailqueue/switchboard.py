@@ -19,8 +19,9 @@ from mailqueue.message import Message
 
 __all__ = ["MAX_BAK_COUNT", "STALE_TEMPORARY_AFTER", "Switchboard", "slice_owner"]
 
-#: How many times a ``.bak`` file is recovered before it is set aside in the
-#: ``bad`` queue, so that a message that kills its runner cannot loop forever.
+#: How many times an entry may be left as a ``.bak``: the recovery that finds
+#: it so for this time preserves it in the ``bad`` queue instead of putting it
+#: back, so that a message that kills its runner cannot loop forever.
 MAX_BAK_COUNT = 3
 
 #: How old, in seconds, a ``.tmp`` file must be before the owner removes it:
@@ -428,9 +429,10 @@ class Switchboard:
         """Put this slice's ``.bak`` files back in the queue.
 
         A ``.bak`` file is an entry a runner took and never finished,
-        because it crashed or was killed.  Each recovery is counted in the
-        metadata as ``_bak_count``; on the :data:`MAX_BAK_COUNT`-th the
-        entry is preserved in the ``bad`` queue instead.  An entry that
+        because it crashed or was killed.  Each time an entry is found so is
+        counted in its metadata as ``_bak_count``; an entry left as a
+        ``.bak`` :data:`MAX_BAK_COUNT` times is preserved in the ``bad``
+        queue instead of being put back.  An entry that
         cannot be read or written back is preserved at once, and recovery
         goes on with the next: whatever the queue holds, this returns.
         """
@@ -458,7 +460,9 @@ class Switchboard:
             return
         data["_bak_count"] = data.get("_bak_count", 0) + 1
         if data["_bak_count"] >= MAX_BAK_COUNT:
-            elog.error("Preserving %s: recovered %d times", filebase, MAX_BAK_COUNT)
+            elog.error(
+                "Preserving %s: left as a .bak %d times", filebase, MAX_BAK_COUNT
+            )
             self.finish(filebase, preserve=True)
             return
         queued = self._path(filebase, ".pck")
