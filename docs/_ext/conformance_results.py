@@ -47,10 +47,14 @@ def _render(report):
     if not failing:
         lines += ["Every example passes.", ""]
     for (document, section, level), examples in sorted(failing.items()):
-        where = ", ".join(f"line {example['line']}" for example in examples)
-        reason = examples[0]["known"] or "not a known divergence"
         page = document.removesuffix(".rst")
-        lines.append(f"- :doc:`{page}` / *{section}* ({level}, {where}): {reason}")
+        lines.append(f"- :doc:`{page}` / *{section}* ({level}):")
+        lines.append("")
+        for example in examples:
+            reason = example["known"] or "not a known divergence"
+            name = example.get("example") or example["source"].splitlines()[0]
+            lines.append(f"  - line {example['line']}, ``{name}``: {reason}")
+        lines.append("")
     if report["stale_divergences"]:
         lines.append(
             "- listed as known, but no longer failing: "

@@ -48,9 +48,12 @@ class Adapter:
     name = "unnamed"
     #: One line saying what implementation this is.
     description = ""
-    #: Where the implementation is known to differ from the spec:
-    #: ``(document file name, section title, level)`` to the reason.  The
-    #: examples there still run; their failures are reported as known.
+    #: Where the implementation is known to differ from the spec, example
+    #: by example: ``(document file name, section title, example)`` to the
+    #: reason, where *example* is the example's first line of source without
+    #: its prompt (and `` #N`` for the Nth example of the section that
+    #: starts with that line).  These examples still run; their failures
+    #: are reported as known, and one that passes fails the run.
     known_divergences: Mapping[tuple[str, str, str], str] = {}
     #: Whether the documents about the reference implementation's own tools
     #: (those with no requirement levels) run too: only for the reference.

@@ -22,6 +22,9 @@ from mailqueue.testing import LogCapture
 
 __all__ = ["MailmanAdapter"]
 
+# The documents, in the table of divergences below.
+Q, R, S = "queue-files.rst", "runner.rst", "switchboard.rst"
+
 # Each of these silently redirects Mailman's configuration.
 _REDIRECTING_VARIABLES = (
     "MAILMAN_VAR_DIR",
@@ -55,92 +58,103 @@ class MailmanAdapter(Adapter):
     description = "GNU Mailman 3.3.10 core"
 
     known_divergences: Mapping[tuple[str, str, str], str] = {
-        (
-            "switchboard.rst",
-            "Recovering files",
-            "SHOULD",
-        ): "its error log words it differently ('.bak file max count, "
-        "preserving file: ...')",
-        (
-            "switchboard.rst",
-            "Queue order",
-            "SHOULD",
-        ): "entries with the same time are nudged apart by 0.0001 s in directory "
-        "order, so a tie is not ordered by digest and can even be listed after "
-        "a later entry",
-        (
-            "switchboard.rst",
-            "Enqueuing and dequeuing",
-            "SHOULD",
-        ): "its error log words a failed finish differently ('Failed to "
-        "unlink/preserve backup file: ...')",
-        (
-            "queue-files.rst",
-            "Spare files",
-            "SHOULD",
-        ): "a new file is made for every entry and removed when it is finished: "
-        "there are no spare files",
-        (
-            "switchboard.rst",
-            "Files that are not queue entries",
-            "SHOULD",
-        ): "a file whose name does not parse (garbage.pck) makes listing raise "
-        "ValueError, and with it Runner.run()",
-        (
-            "switchboard.rst",
-            "Queue slices",
-            "SHOULD",
-        ): "slice bounds are computed in floating point, so a digest on a boundary "
-        "is listed by two slices; numslices=3 fails an assertion, slice=None "
-        "raises TypeError, and slice >= numslices is accepted",
-        (
-            "switchboard.rst",
-            "Two switchboards, one queue",
-            "MUST",
-        ): "no slice owner: every switchboard made with recover=True recovers the "
-        ".bak files, also those a live runner is still processing (the race "
-        "for a .pck itself passes)",
-        (
-            "runner.rst",
-            "When things go wrong",
-            "SHOULD",
-        ): "its error log words things differently; a message shunted for a "
-        "missing list gets no whichq",
-        (
-            "runner.rst",
-            "Running, sleeping and stopping",
-            "SHOULD",
-        ): "_clean_up() is not called when an exception ends run()",
-        (
-            "runner.rst",
-            "Signals",
-            "MUST",
-        ): "a stop signal raises RunnerInterrupt inside _dispose(), so the message "
-        "being processed is shunted instead of finished",
-        (
-            "runner.rst",
-            "Signals",
-            "SHOULD",
-        ): "log wording differs, and SIGHUP reopens only Mailman's own log handlers",
-        (
-            "runner.rst",
-            "Two runners, one queue",
-            "MUST",
-        ): "the runner that loses the race for an entry preserves 'the "
-        "unparseable message': it moves the winner's .bak into bad",
-        (
-            "queue-files.rst",
-            "Queue files are untrusted",
-            "SHOULD",
-        ): "queue files are loaded with pickle.load, so a crafted file runs code "
-        "when it is dequeued; metadata that could not be read back safely "
-        "(a Decimal) is queued",
-        (
-            "queue-files.rst",
-            "Writing an entry durably",
-            "SHOULD",
-        ): "a failed enqueue raises an error that names the temporary file, not "
-        "the queue",
+        (document, section, example): reason
+        for reason, examples in {
+            "queue files are loaded with pickle.load, so a crafted file runs code "
+            "when it is dequeued": [
+                (Q, "Queue files are untrusted", "try:"),
+                (Q, "Queue files are untrusted", "queue.files"),
+            ],
+            "metadata that could not be read back safely (a Decimal) is queued": [
+                (Q, "Queue files are untrusted", "try: #2"),
+            ],
+            "a failed enqueue raises an error that names the temporary file, not "
+            "the queue": [(Q, "Writing an entry durably", "try:")],
+            "a new file is made for every entry and removed when it is finished: "
+            "there are no spare files": [
+                (Q, "Spare files", "os.listdir(pool)"),
+                (Q, "Spare files", "spare = os.stat(os.path.join(pool, '0'))"),
+                (Q, "Spare files", "os.listdir(pool) #2"),
+                (Q, "Spare files", "os.stat(written).st_ino == spare.st_ino"),
+                (Q, "Spare files", "os.listdir(pool) #3"),
+                (Q, "Spare files", "os.remove(os.path.join(pool, '0'))"),
+                (Q, "Spare files", "os.symlink(outside, os.path.join(pool, '0'))"),
+                (Q, "Spare files", "os.link(outside, os.path.join(pool, '1'))"),
+                (Q, "Spare files", "os.listdir(pool) #4"),
+            ],
+            "its error log words what went wrong differently": [
+                (R, "When things go wrong", "show_log('error')"),
+                (R, "When things go wrong", "show_log('error') #2"),
+                (R, "When things go wrong", "show_log('error') #3"),
+            ],
+            "a message shunted for a missing list gets no whichq": [
+                (R, "When things go wrong", "print(msgdata['whichq'])"),
+            ],
+            "_clean_up() is not called when an exception ends run()": [
+                (R, "Running, sleeping and stopping", "try:"),
+            ],
+            "a stop signal raises RunnerInterrupt inside _dispose(), so the message "
+            "being processed is shunted instead of finished": [
+                (R, "Signals", "killed.disposed"),
+            ],
+            "its runner log words a stop differently": [
+                (R, "Signals", "show_log('runner')"),
+                (R, "Signals", "show_log('runner') #2"),
+            ],
+            "SIGHUP reopens only Mailman's own log handlers": [
+                (R, "Signals", "with open(log_file) as new_log:"),
+            ],
+            "the runner that loses the race for an entry preserves 'the "
+            "unparseable message': it moves the winner's .bak into bad": [
+                (R, "Two runners, one queue", "bad.get_files('.psv')"),
+                (
+                    R,
+                    "Two runners, one queue",
+                    "switchboard.get_files('.bak') == [second]",
+                ),
+            ],
+            "its error log words a failed finish differently ('Failed to "
+            "unlink/preserve backup file: ...')": [
+                (S, "Enqueuing and dequeuing", "show_log('error')"),
+            ],
+            "its error log words it differently ('.bak file max count, preserving "
+            "file: ...')": [(S, "Recovering files", "show_log('error')")],
+            "entries with the same time are nudged apart by 0.0001 s in directory "
+            "order, so a tie is not ordered by digest": [
+                (S, "Queue order", "switchboard.files == [tie_a, tie_b, first]"),
+                (S, "Queue order", "switchboard.files == [tie_a, same_b, first]"),
+            ],
+            "a file whose name does not parse (garbage.pck) makes listing raise "
+            "ValueError, and with it Runner.run()": [
+                (S, "Files that are not queue entries", "switchboard.files == [entry]"),
+                (S, "Files that are not queue entries", "show_log('error')"),
+            ],
+            "numslices=3 fails an assertion, slice=None raises TypeError, and "
+            "slice >= numslices is accepted": [
+                (S, "Queue slices", "try:"),
+                (S, "Queue slices", "try: #2"),
+                (S, "Queue slices", "try: #3"),
+            ],
+            "slice bounds are computed in floating point, so a digest on a "
+            "boundary is listed by two slices, and recovered by both": [
+                (S, "Queue slices", "show_slices(2)"),
+                (S, "Queue slices", "show_slices(4)"),
+                (
+                    S,
+                    "Queue slices",
+                    "len(quarter.files), len(quarter.get_files('.bak'))",
+                ),
+                (S, "Queue slices", "check_qfiles()"),
+            ],
+            "no slice owner: every switchboard made with recover=True recovers the "
+            ".bak files, also those a live runner is still processing": [
+                (S, "Two switchboards, one queue", "owner.owner"),
+                (S, "Two switchboards, one queue", "latecomer.owner"),
+                (S, "Two switchboards, one queue", "check_qfiles() #2"),
+                (S, "Two switchboards, one queue", "successor.owner"),
+            ],
+        }.items()
+        for document, section, example in examples
     }
 
     def __init__(self) -> None:

@@ -29,6 +29,12 @@ from mailqueue.conformance.spec import SpecDocument
 __all__ = ["ConformanceReport", "ExampleResult"]
 
 
+def example_name(source: str) -> str:
+    """An example's first line of source, without its prompt."""
+    first = source.strip().splitlines()[0] if source.strip() else ""
+    return first.removeprefix(">>> ").strip()
+
+
 @dataclass
 class ExampleResult:
     """One example's place in the spec and what became of it."""
@@ -42,6 +48,14 @@ class ExampleResult:
     outcome: str = "not run"
     actual: str = ""
     known: str | None = None
+    #: The example's stable name within its section: its first line of
+    #: source, and `` #N`` if it is the Nth with that line there.
+    example: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What a known divergence names: document, section, example."""
+        return self.document, self.section, self.example
 
 
 @dataclass
@@ -73,6 +87,7 @@ class ConformanceReport:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # After deselection: only what runs is reported.
         documents: dict[str, SpecDocument] = {}
+        seen: Counter = Counter()
         for item in session.items:
             example = getattr(item, "example", None)
             if example is None:
@@ -87,17 +102,20 @@ class ConformanceReport:
                 source = example.document.text[
                     example.region.start : example.region.end
                 ]
-            self.results[item.nodeid] = ExampleResult(
+            result = ExampleResult(
                 document=os.path.basename(path),
                 line=example.line,
                 section=place.section,
                 level=place.level,
                 source=source.rstrip("\n"),
                 expected=getattr(parsed, "want", "").rstrip("\n"),
-                known=self.adapter.known_divergences.get(
-                    (os.path.basename(path), place.section, place.level)
-                ),
             )
+            first = example_name(result.source)
+            seen[result.document, result.section, first] += 1
+            count = seen[result.document, result.section, first]
+            result.example = first if count == 1 else f"{first} #{count}"
+            result.known = self.adapter.known_divergences.get(result.key)
+            self.results[item.nodeid] = result
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         result = self.results.get(report.nodeid)
@@ -117,7 +135,7 @@ class ConformanceReport:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         results = list(self.results.values())
-        failing = {(r.document, r.section, r.level) for r in results if _bad(r)}
+        failing = {r.key for r in results if _bad(r)}
         self.stale = [
             " / ".join(key)
             for key in self.adapter.known_divergences
@@ -139,8 +157,8 @@ class ConformanceReport:
                 for level in sorted({r.level for r in results})
             },
             "known_divergences": [
-                {"document": d, "section": s, "level": level, "reason": reason}
-                for (d, s, level), reason in self.adapter.known_divergences.items()
+                {"document": d, "section": s, "example": name, "reason": reason}
+                for (d, s, name), reason in self.adapter.known_divergences.items()
             ],
             "stale_divergences": self.stale,
             "examples": [asdict(r) for r in results],
@@ -165,7 +183,10 @@ class ConformanceReport:
             for result in examples:
                 sections.setdefault((result.section, result.level), []).append(result)
             for (section, level), group in sections.items():
-                known = " (known divergence)" if group[0].known else ""
+                count = sum(1 for r in group if _bad(r) and r.known)
+                known = (
+                    f" ({count} known divergence{'s' * (count > 1)})" if count else ""
+                )
                 tally = self._tally(group).line()
                 lines.append(f"  {level:<6}  {section:<40} {tally}{known}")
         failures = [r for r in results if _bad(r)]
