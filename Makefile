@@ -4,12 +4,15 @@
 PYTHON ?= python3
 IMPL   ?= mailqueue
 CLUSTER_REPORT ?= docs/cluster-run.json
+# Which GNU Mailman releases conformance-matrix runs (all, by default).
+RELEASES ?=
+MATRIX_REPORT ?= docs/conformance-matrix.json
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: help test docs docs-check lint bench fuzz soak conformance conformance-results interop \
-	spec-postgresql postgresql-server cluster-servers cluster-test clean
+	spec-postgresql postgresql-server cluster-servers cluster-test conformance-matrix clean
 
 help:
 	@echo "make test   run the spec (docs/*.rst) and the tests"
@@ -24,6 +27,9 @@ help:
 	@echo "make conformance IMPL=NAME  run the spec against an implementation"
 	@echo "                 (mailqueue, mailman, or package.module:adapter)"
 	@echo "make interop     exchange queue files between mailqueue and GNU Mailman"
+	@echo "make conformance-matrix  the spec against every GNU Mailman 3 release, each in"
+	@echo "                 its own venv under build/matrix; the table goes to"
+	@echo "                 docs/conformance-matrix.json (RELEASES=\"3.3.0 3.3.10\" for some)"
 	@echo "make cluster-test  two hosts on a GlusterFS volume and PostgreSQL, one killed;"
 	@echo "            its figures go to docs/cluster-run.json"
 	@echo "make spec-postgresql  run the spec with its lists in a throwaway PostgreSQL"
@@ -51,6 +57,10 @@ conformance: $(STAMP)
 conformance-results: $(STAMP)
 	-$(CONFORMANCE)=mailqueue > /dev/null
 	-$(CONFORMANCE)=mailman > /dev/null
+
+conformance-matrix: $(STAMP)
+	$(BIN)/python tests/matrix/matrix.py --report $(MATRIX_REPORT) \
+		$(if $(RELEASES),--releases $(RELEASES))
 
 interop: $(STAMP)
 	$(BIN)/python -m pytest tests/interop -W ignore::DeprecationWarning

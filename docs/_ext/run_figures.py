@@ -236,9 +236,73 @@ class ClusterRun(SphinxDirective):
         return [container]
 
 
+class ConformanceMatrix(SphinxDirective):
+    """The spec against every GNU Mailman release: ``make conformance-matrix``."""
+
+    required_arguments = 1  # the report, relative to this document
+
+    def run(self):
+        path = Path(self.env.doc2path(self.env.docname)).parent / self.arguments[0]
+        if not path.exists():
+            raise self.error(f"no matrix at {path}: run make conformance-matrix")
+        self.env.note_dependency(str(path))
+        report = json.loads(path.read_text())
+        releases = report["releases"]
+        ran = [name for name, result in releases.items() if result["ran"]]
+        lines = [
+            f"Built on {report['date']} by ``make conformance-matrix``.",
+            "",
+            ".. list-table:: Releases",
+            "   :header-rows: 1",
+            "",
+            "   * - release",
+            "     - MUST passed / failed",
+            "     - SHOULD passed / failed",
+        ]
+        for name, result in releases.items():
+            lines.append(f"   * - {name}")
+            if not result["ran"]:
+                lines += [f"     - not run: {result['why']}", "     -"]
+                continue
+            for level in ("MUST", "SHOULD"):
+                counts = result["by_level"].get(level, {})
+                lines.append(
+                    f"     - {counts.get('passed', 0)} / {counts.get('failed', 0)}"
+                )
+        sections = sorted({key for name in ran for key in releases[name]["sections"]})
+        lines += [
+            "",
+            ".. list-table:: Each section, passed / failed",
+            "   :header-rows: 1",
+            "",
+            "   * - document / section / level",
+            *[f"     - {name}" for name in ran],
+        ]
+        for section in sections:
+            lines.append(f"   * - {section}")
+            for name in ran:
+                counts = releases[name]["sections"].get(section)
+                lines.append(
+                    f"     - {counts[0]} / {counts[1]}" if counts else "     - -"
+                )
+        lines += ["", "What changed from one release to the next:", ""]
+        for change in report["changes"]:
+            if not change["examples"]:
+                lines.append(f"- {change['from']} to {change['to']}: nothing")
+                continue
+            lines.append(f"- {change['from']} to {change['to']}:")
+            lines.append("")
+            lines += [f"  - ``{example}``" for example in change["examples"]]
+            lines.append("")
+        container = nodes.container(classes=["conformance-matrix"])
+        self.state.nested_parse(StringList(lines), self.content_offset, container)
+        return [container]
+
+
 def setup(app):
     app.add_directive("bench-run", BenchRun)
     app.add_directive("cluster-run", ClusterRun)
+    app.add_directive("conformance-matrix", ConformanceMatrix)
     app.add_directive("hostile-run", HostileRun)
     app.add_directive("soak-run", SoakRun)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
