@@ -501,16 +501,20 @@ def _queues(arguments: argparse.Namespace, config_file: str | None) -> int:
                 # One JSON document a line, for a program to read as it comes.
                 print(json.dumps({"time": time.time(), "queues": _queue_counts()}))
             else:
-                if terminal:
-                    # Clear the screen and draw again from its top-left corner.
-                    sys.stdout.write("\033[H\033[2J")
-                print(
-                    time.strftime("%H:%M:%S"),
-                    f"every {arguments.watch:g} s; Ctrl-C to stop",
+                frame = io.StringIO()
+                with contextlib.redirect_stdout(frame):
+                    print(
+                        time.strftime("%H:%M:%S"),
+                        f"every {arguments.watch:g} s; Ctrl-C to stop",
+                    )
+                    _print_queues(False)
+                    if not terminal:
+                        print()
+                # One write a frame: Ctrl-C never leaves half of one.  On a
+                # terminal, clear the screen and draw from its top-left corner.
+                sys.stdout.write(
+                    ("\033[H\033[2J" if terminal else "") + frame.getvalue()
                 )
-                _print_queues(False)
-                if not terminal:
-                    print()
             sys.stdout.flush()
             time.sleep(arguments.watch)
     return 0
