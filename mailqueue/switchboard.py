@@ -90,6 +90,7 @@ class Switchboard:
         self._reported: set[str] = set()
         self._owner_lock: int | None = None
         self._prefer_lock: int | None = None
+        self._closers: dict[int, weakref.finalize] = {}
         self.recovered = 0
         self._spares = qfile.SparePool(queue_directory)
         #: The sizes of the entries this switchboard dequeued and has not
@@ -139,19 +140,10 @@ class Switchboard:
         """
         if self._owner_lock is not None:
             return True
-        fd = os.open(self.owner_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        self._owner_lock = self._hold(self.owner_file)
+        if self._owner_lock is None:
             return False
-        self._owner_lock = fd
-        weakref.finalize(self, os.close, fd)
         _owners[self.owner_file] = self
-        # Who owns it, for a person (and for other hosts) to read.
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{self.host} {os.getpid()}\n".encode(), 0)
         self.recover_backup_files()
         self.remove_stale_temporary_files()
         return True
@@ -169,7 +161,27 @@ class Switchboard:
         fd, self._owner_lock = self._owner_lock, None
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
-        os.close(fd)
+        self._closers.pop(fd)()
+
+    def _hold(self, path: str) -> int | None:
+        """Lock *path* for as long as this switchboard lives, and say who holds it.
+
+        Return the descriptor, or None if another process holds the lock.
+        """
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        # Closed when this switchboard goes, or when it lets go (once only:
+        # the number may belong to another file by then).
+        self._closers[fd] = weakref.finalize(self, os.close, fd)
+        # Who holds it, for a person (and for other hosts) to read.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{self.host} {os.getpid()}\n".encode(), 0)
+        return fd
 
     # Preferences: which host works a slice when every host is up --------
 
@@ -186,20 +198,9 @@ class Switchboard:
         soon as a process that does is waiting for it (see
         :meth:`preferred_elsewhere`).
         """
-        if self._prefer_lock is not None:
-            return True
-        fd = os.open(self.prefer_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._prefer_lock = fd
-        weakref.finalize(self, os.close, fd)
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{self.host} {os.getpid()}\n".encode(), 0)
-        return True
+        if self._prefer_lock is None:
+            self._prefer_lock = self._hold(self.prefer_file)
+        return self._prefer_lock is not None
 
     def preferred_elsewhere(self) -> bool:
         """True if a process other than this one prefers this slice, and lives."""

@@ -139,3 +139,21 @@ def test_slices_fail_over_to_a_live_host_and_come_back(hosts):
     for name in ("out", "bad", "shunt"):
         directory = shared / "queue" / name
         assert not directory.exists() or not os.listdir(directory)
+
+
+def test_a_slice_let_go_of_closes_its_lock_once(tmp_path):
+    import gc
+
+    board = Switchboard("q", str(tmp_path / "q"), recover=True)
+    assert board.owner
+    board.release_ownership()
+    assert not board.owner
+    # The lock's descriptor number is free again, and now another file's:
+    # collecting the switchboard must not close it a second time.
+    with open(tmp_path / "other", "w") as other:
+        del board
+        gc.collect()
+        other.write("still open\n")
+        other.flush()
+        os.fstat(other.fileno())
+    assert (tmp_path / "other").read_text() == "still open\n"
