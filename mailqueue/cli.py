@@ -27,6 +27,7 @@ from mailqueue import __version__, qfile, queuetools
 from mailqueue.config import config
 from mailqueue.lists import ListExistsError
 from mailqueue.logs import logging_to
+from mailqueue.master import SIGNALS as MASTER_SIGNALS
 from mailqueue.master import Master, MasterRunning, master_pid, master_status
 from mailqueue.message import message_from_string
 from mailqueue.runner import Runner
@@ -113,6 +114,9 @@ def _start(arguments: argparse.Namespace, config_file: str | None) -> int:
             [*command, "start", "--foreground"],
             os.environ,
             setsid=True,
+            # Until its handlers are in place (``mailqueue start`` returns
+            # before that, and a ``reopen`` at once must not kill it).
+            setsigmask=MASTER_SIGNALS,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, output.fileno(), 1),

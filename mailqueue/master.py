@@ -39,10 +39,12 @@ from mailqueue.config import config
 from mailqueue.logs import reopen_logs
 from mailqueue.qfile import write_file
 from mailqueue.runner import MASTER_FD
+from mailqueue.runner import SIGNALS as RUNNER_SIGNALS
 
 __all__ = [
     "FIRST_RESTART_DELAY",
     "MAX_RESTART_DELAY",
+    "SIGNALS",
     "Master",
     "MasterRunning",
     "master_pid",
@@ -54,6 +56,11 @@ __all__ = [
 FIRST_RESTART_DELAY = 0.1
 #: The longest delay before a restart, in seconds.
 MAX_RESTART_DELAY = 60.0
+#: The signals the master handles.  ``mailqueue start`` starts it with them
+#: blocked, and it unblocks them once its handlers are in place.
+SIGNALS = frozenset(
+    (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+)
 
 rlog = logging.getLogger("mailqueue.runner")
 elog = logging.getLogger("mailqueue.error")
@@ -172,6 +179,9 @@ class Master:
         signal.signal(
             signal.SIGUSR2, lambda signum, frame: self._signal_children(signum)
         )
+        # ``mailqueue start`` starts the master with these blocked, so that
+        # none kills it before its handlers are in place.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         # The runners' lifeline: they hold the read end, only the master the
         # write end, so they see its end when the master ends.
         self._pipe = os.pipe()
@@ -220,7 +230,10 @@ class Master:
         argv = [*self.command, "runner", child.spec]
         environment = os.environ | {MASTER_FD: str(self._pipe[0])}
         # Not subprocess: the master reaps its children itself, with waitpid().
-        child.pid = os.posix_spawnp(argv[0], argv, environment)
+        # Its signals blocked until it can handle them (see runner.SIGNALS).
+        child.pid = os.posix_spawnp(
+            argv[0], argv, environment, setsigmask=RUNNER_SIGNALS
+        )
         child.restart_expected = False
         child.state = "running"
         child.start_at = None

@@ -34,6 +34,11 @@ elog = logging.getLogger("mailqueue.error")
 rlog = logging.getLogger("mailqueue.runner")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+#: The signals a runner handles.  The master starts a runner with them
+#: blocked, and the runner unblocks them once its handlers are in place: a
+#: signal that comes while it starts (``mailqueue reopen`` just after a
+#: restart) waits for its handler instead of killing the runner.
+SIGNALS = frozenset((*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR2))
 
 
 class _Wake(Exception):
@@ -251,8 +256,10 @@ class Runner:
         with :attr:`status` set to the signal; SIGHUP reopens the log files;
         SIGUSR2 cuts a sleep short, so that the queue is tried at once.
         """
-        for signum in (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR2):
+        for signum in SIGNALS:
             signal.signal(signum, self._signal_handler)
+        # Any that came while the process started are handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
     def _signal_handler(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:

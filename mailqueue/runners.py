@@ -86,9 +86,15 @@ class OutgoingRunner(Runner):
 
 
 def _deliver(directory: str, msg: Message) -> None:
-    # Maildir(create=True) makes the last level of the path only.
+    # Maildir(create=True) is not safe against another runner making the
+    # same Maildir at the same moment: it skips tmp/, new/ and cur/ when the
+    # top directory exists, even if they are not there yet.  Make each level
+    # here, where a directory that is already there is no error.
     os.makedirs(os.path.dirname(directory), mode=0o770, exist_ok=True)
-    box = mailbox.Maildir(directory, create=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for folder in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(directory, folder), mode=0o700, exist_ok=True)
+    box = mailbox.Maildir(directory, create=False)
     key = box.add(msg)
     # The queue entry is finished after this returns, so the delivery must
     # be on disk first: the file, then its name.  A message that is not a

@@ -33,6 +33,21 @@ def test_a_failed_delivery_goes_to_retry_and_back_to_out(var_dir):
     assert delivered["Subject"] == "hi"
 
 
+def test_delivery_into_a_maildir_another_runner_is_still_making(var_dir):
+    # Two out runners deliver the first messages of a list at once: one has
+    # made the Maildir's directory and not yet its tmp/, new/ and cur/ when
+    # the other looks.  The other delivers all the same (it once failed with
+    # ENOENT on tmp/ and sent the message to retry).
+    mlist = create_list("test@example.com")
+    msg = message_from_string("From: aperson@example.com\nSubject: hi\n\nHi.\n")
+    config.switchboards["out"].enqueue(msg, listid=mlist.list_id)
+    os.makedirs(maildir(mlist))
+    assert OutgoingRunner("out")._one_iteration() == 1
+    assert config.switchboards["retry"].files == []
+    [delivered] = mailbox.Maildir(maildir(mlist), create=False)
+    assert delivered["Subject"] == "hi"
+
+
 def test_retry_always_waits_and_virgin_goes_straight_out(var_dir, monkeypatch):
     naps = []
     monkeypatch.setattr("time.sleep", naps.append)

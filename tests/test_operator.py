@@ -4,6 +4,7 @@ Each test asserts the exact line and exit status the operator gets.
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sites import wait_for
+from sites import process_gone, wait_for
 
 from mailqueue import Switchboard, __version__, config, create_list, message_from_string
 from mailqueue.cli import main
@@ -99,6 +100,27 @@ def test_reopen_sends_the_master_sighup(site):
         f"mailqueue master (pid {master}) and its runners are reopening their logs\n"
     )
     wait_for(lambda: "caught SIGHUP" in site.log("runner.log"), 30, "a new log")
+
+
+def test_a_signal_while_a_runner_starts_waits_for_its_handler(site):
+    # The master logs a runner's start as soon as it has spawned it; the new
+    # process needs a tenth of a second or more before its handlers are in
+    # place.  A SIGHUP in that time (logrotate's ``mailqueue reopen`` just
+    # after a restart) once killed it; now it is handled when the runner is
+    # ready, and the runner lives on.
+    site = site("[runner.out]\nstart: no\n")
+    site.run("start")
+    started = re.compile(r"master started runner in:0:1 \(pid (\d+)\)")
+    deadline = time.monotonic() + 30
+    while not (found := started.search(site.log("runner.log"))):
+        assert time.monotonic() < deadline, "the master did not start the runner"
+        time.sleep(0.001)
+    runner = int(found.group(1))
+    os.kill(runner, signal.SIGHUP)
+    wait_for(lambda: "in runner caught SIGHUP" in site.log("runner.log"), 30, "SIGHUP")
+    assert not process_gone(runner)
+    assert site.status()["runners"]["in:0:1"]["restarts"] == 0
+    assert "died" not in site.log("error.log")
 
 
 def test_qfile_by_file_base_on_a_directory_and_into_a_closed_pipe(capsys, var_dir):
