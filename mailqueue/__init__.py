@@ -3,8 +3,8 @@
 The public names are re-exported here; each is documented in its own module.
 """
 
-from mailqueue.config import Configuration, config
-from mailqueue.lists import ListExistsError, MailingList, create_list
+from mailqueue.configuration import Configuration, config, create_list
+from mailqueue.lists import ListExistsError, MailingList
 from mailqueue.message import Message, message_from_string
 from mailqueue.qfile import QueueFileError
 from mailqueue.runner import Runner, RunnerInterrupt

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import email.errors
-import importlib
 import io
 import json
 import os
@@ -20,24 +19,30 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mailqueue import __version__, qfile, queuetools
-from mailqueue.config import config
-from mailqueue.lists import ListExistsError
+from mailqueue.configuration import config
+from mailqueue.errors import MailqueueError
 from mailqueue.logs import logging_to
-from mailqueue.master import SIGNALS as MASTER_SIGNALS
-from mailqueue.master import Master, MasterRunning, master_pid, master_status
+from mailqueue.master import (
+    master_pid,
+    master_status,
+    run_master,
+    signal_master,
+    start_master,
+    stop_master,
+)
 from mailqueue.message import message_from_string
-from mailqueue.runner import Runner
-from mailqueue.switchboard import Switchboard, slice_owner
-from mailqueue.testing import dump_msgdata
+from mailqueue.runner import parse_runner_spec, runner_class
+from mailqueue.switchboard import slice_owner
 
 __all__ = ["CommandError", "main"]
 
 
-class CommandError(Exception):
+class CommandError(MailqueueError):
     """A mistake in what the command was given: reported in one line."""
 
 
@@ -49,14 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _configuration(config_file):
             return arguments.command(arguments, config_file) or 0
-    except CommandError as error:
-        print(f"mailqueue: error: {error}", file=sys.stderr)
-        return 1
     except BrokenPipeError:
         raise  # the reader went away: console_script deals with it
-    except (ValueError, OSError) as error:
-        # Bad configuration values, unreadable files, full disks: still
-        # the user's to fix, so one line and no traceback.
+    except (MailqueueError, OSError) as error:
+        # The user's to put right (a mistake in what was given or in the
+        # configuration, a bad queue file, a full disk): one line.  Anything
+        # else is a bug and keeps its traceback.
         print(f"mailqueue: error: {error}", file=sys.stderr)
         return 1
 
@@ -81,9 +84,79 @@ def _configuration(path: str | None) -> Iterator[None]:
         config.pop(layer)
 
 
-# The commands ---------------------------------------------------------------
+# The commands: each is a function, with its arguments declared above it ------
 
 
+_Argument = tuple[tuple[str, ...], dict[str, Any]]
+_Function = Callable[[argparse.Namespace, "str | None"], int]
+
+
+@dataclass(frozen=True)
+class _Command:
+    name: str
+    text: str
+    function: _Function
+    arguments: tuple[_Argument, ...]
+    defaults: dict[str, Any]
+    setup: Callable[[argparse.ArgumentParser], None] | None
+
+
+#: The commands, in the order ``mailqueue --help`` lists them.
+_COMMANDS: list[_Command] = []
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
+def _positive_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration such as 15m: {text!r}")
+    return value
+
+
+def _arg(*flags: str, **options: Any) -> _Argument:
+    """An argument of a command: what ``add_argument`` is given."""
+    return flags, options
+
+
+def _command(
+    name: str,
+    text: str,
+    *arguments: _Argument,
+    setup: Callable[[argparse.ArgumentParser], None] | None = None,
+    **defaults: Any,
+) -> Callable[[_Function], _Function]:
+    """Make the decorated function the command *name*, with *arguments*."""
+
+    def register(function: _Function) -> _Function:
+        _COMMANDS.append(_Command(name, text, function, arguments, defaults, setup))
+        return function
+
+    return register
+
+
+@_command(
+    "start",
+    "start the master, which starts the runners",
+    _arg(
+        "--foreground",
+        action="store_true",
+        help="run the master in this process instead of detaching it",
+    ),
+)
 def _start(arguments: argparse.Namespace, config_file: str | None) -> int:
     command = [sys.executable, "-m", "mailqueue"]
     if config_file:
@@ -92,74 +165,37 @@ def _start(arguments: argparse.Namespace, config_file: str | None) -> int:
     # on: say so now, before anything starts.
     for section in config.runners.values():
         if section.start:
-            _runner_class(section.name)
+            runner_class(section.name)
     if arguments.foreground:
-        master = Master(command)
-        try:
-            master.lock()
-        except MasterRunning as error:
-            raise CommandError(str(error)) from None
-        with logging_to(config.LOG_DIR):
-            master.run()
+        run_master(command)
         return 0
-    running = master_pid()
-    if running is not None:
-        raise CommandError(
-            f"a master is already running on {config.VAR_DIR} (pid {running})"
-        )
-    os.makedirs(config.LOG_DIR, mode=0o770, exist_ok=True)
-    with open(os.path.join(config.LOG_DIR, "master.out"), "ab") as output:
-        pid = os.posix_spawnp(
-            sys.executable,
-            [*command, "start", "--foreground"],
-            os.environ,
-            setsid=True,
-            # Until its handlers are in place (``mailqueue start`` returns
-            # before that, and a ``reopen`` at once must not kill it).
-            setsigmask=MASTER_SIGNALS,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, output.fileno(), 1),
-                (os.POSIX_SPAWN_DUP2, output.fileno(), 2),
-            ],
-        )
-    deadline = time.monotonic() + 30
-    while master_pid() != pid:
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        if finished:
-            raise CommandError(
-                f"the master exited at once (status "
-                f"{os.waitstatus_to_exitcode(status)}); see "
-                f"{os.path.join(config.LOG_DIR, 'master.out')}"
-            )
-        if time.monotonic() > deadline:
-            raise CommandError(f"the master (pid {pid}) did not start within 30 s")
-        time.sleep(0.05)
+    pid = start_master(command)
     print(f"mailqueue master started (pid {pid}) on {config.VAR_DIR}")
     return 0
 
 
-def _running_master() -> int:
-    pid = master_pid()
-    if pid is None:
-        raise CommandError(f"no master is running on {config.VAR_DIR}")
-    return pid
-
-
+@_command(
+    "stop",
+    "stop the master and its runners",
+    _arg(
+        "--timeout",
+        type=_positive_seconds,
+        default=60,
+        metavar="SECONDS",
+        help="how long to wait for them to stop (default: 60)",
+    ),
+)
 def _stop(arguments: argparse.Namespace, config_file: str | None) -> int:
-    pid = _running_master()
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + arguments.timeout
-    while master_pid() == pid:
-        if time.monotonic() > deadline:
-            raise CommandError(
-                f"the master (pid {pid}) is still running after {arguments.timeout:g} s"
-            )
-        time.sleep(0.05)
+    pid = stop_master(arguments.timeout)
     print(f"mailqueue master (pid {pid}) stopped")
     return 0
 
 
+@_command(
+    "status",
+    "say whether a master runs, and its runners",
+    _arg("--json", action="store_true", help="print JSON"),
+)
 def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
     pid = master_pid()
     runners = {}
@@ -227,57 +263,37 @@ def _slice_owner(spec: str) -> dict[str, Any] | None:
     return None if owner is None else {"host": owner[0], "pid": owner[1]}
 
 
+@_command("reopen", "make the master and its runners reopen their logs")
 def _reopen(arguments: argparse.Namespace, config_file: str | None) -> int:
-    pid = _running_master()
-    os.kill(pid, signal.SIGHUP)
+    pid = signal_master(signal.SIGHUP)
     print(f"mailqueue master (pid {pid}) and its runners are reopening their logs")
     return 0
 
 
+@_command("restart", "make the master restart its runners")
 def _restart(arguments: argparse.Namespace, config_file: str | None) -> int:
-    pid = _running_master()
-    os.kill(pid, signal.SIGUSR1)
+    pid = signal_master(signal.SIGUSR1)
     print(f"mailqueue master (pid {pid}) is restarting its runners")
     return 0
 
 
-def _runner_class(name: str) -> type[Runner]:
-    """The class ``[runner.NAME]`` names, imported and checked."""
-    section = config.runners[name]
-    module_name, _, class_name = section.class_path.rpartition(".")
-    try:
-        runner_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise CommandError(
-            f"[runner.{name}] class {section.class_path}: {error}"
-        ) from None
-    if not (isinstance(runner_class, type) and issubclass(runner_class, Runner)):
-        raise CommandError(
-            f"[runner.{name}] class {section.class_path} is not a Runner"
-        )
-    if runner_class is Runner:
-        # The base class disposes of nothing: such a queue holds entries for
-        # a person (bad, shunt), and no runner may drain it.
-        raise CommandError(
-            f"the {name} queue is held: [runner.{name}] names no runner class to run"
-        )
-    return runner_class
-
-
+@_command(
+    "runner",
+    "run one runner in this process",
+    _arg(
+        "spec",
+        metavar="NAME[:SLICE:COUNT]",
+        help="the runner, and which slice of how many",
+    ),
+    _arg("--once", action="store_true", help="make one pass over the queue, then exit"),
+)
 def _runner(arguments: argparse.Namespace, config_file: str | None) -> int:
-    name, slice = _runner_spec(arguments.spec)
-    runner_class = _runner_class(name)
+    name, slice = parse_runner_spec(arguments.spec)
+    chosen = runner_class(name)
     with logging_to(config.LOG_DIR):
-        runner = runner_class(name, slice)
+        runner = chosen(name, slice)
         if arguments.once:
-            board = runner.switchboard
-            if board is not None and not board.owned_here:
-                raise CommandError(
-                    f"{arguments.spec}: its slice is owned by {board.owner_id()}; "
-                    "not taking its entries"
-                )
-            found = runner._one_iteration()
-            runner._clean_up()
+            found = runner.run_once()
             print(f"{name}: {found} {'entry' if found == 1 else 'entries'}")
             return 0
         runner.set_signals()
@@ -285,28 +301,24 @@ def _runner(arguments: argparse.Namespace, config_file: str | None) -> int:
     return 0
 
 
-def _runner_spec(spec: str) -> tuple[str, int | None]:
-    name, *rest = spec.split(":")
-    section = config.runners.get(name)
-    if section is None:
-        raise CommandError(f"no runner is called {name!r} (no [runner.{name}] section)")
-    if not rest:
-        if section.instances != 1:
-            raise CommandError(
-                f"{name} has {section.instances} instances: name one, as "
-                f"{name}:SLICE:{section.instances}"
-            )
-        return name, None
-    if len(rest) != 2 or not all(part.isdigit() for part in rest):
-        raise CommandError(f"a runner is NAME or NAME:SLICE:COUNT, not {spec!r}")
-    slice, count = int(rest[0]), int(rest[1])
-    if count != section.instances:
-        raise CommandError(f"{name} has {section.instances} instances, not {count}")
-    if slice >= count:
-        raise CommandError(f"slice {slice} of {name} does not exist (0 to {count - 1})")
-    return name, slice
-
-
+@_command(
+    "inject",
+    "put a message into a queue",
+    _arg("-q", "--queue", default="in", help="the queue (default: in)"),
+    _arg(
+        "-l",
+        "--list",
+        required=True,
+        help="the list the message is for: posting address or list-id",
+    ),
+    _arg(
+        "file",
+        nargs="?",
+        default="-",
+        metavar="FILE",
+        help="the message, RFC 5322 (default: standard input)",
+    ),
+)
 def _inject(arguments: argparse.Namespace, config_file: str | None) -> int:
     if arguments.queue not in config.switchboards:
         known = ", ".join(sorted(config.switchboards))
@@ -360,6 +372,12 @@ def _parse_message(data: bytes, source: str) -> Any:
 _HEADER_FIELD = re.compile(r"[!-9;-~]+:")
 
 
+@_command(
+    "qfile",
+    "show queue files' message and metadata, safely",
+    _arg("files", nargs="+", metavar="FILE"),
+    _arg("--json", action="store_true", help="print JSON"),
+)
 def _qfile(arguments: argparse.Namespace, config_file: str | None) -> int:
     status = 0
     entries = []
@@ -404,7 +422,7 @@ def _shown(path: str, msg: Any, metadata: dict[str, Any], as_json: bool) -> Any:
             return {"file": path, "message": text, "metadata": _jsonable(metadata)}
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            dump_msgdata(metadata)
+            queuetools.dump_msgdata(metadata)
     except Exception as error:
         raise qfile.QueueFileError(
             f"{os.path.basename(path)}: cannot be shown ({type(error).__name__}: "
@@ -426,11 +444,16 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+@_command(
+    "unshunt",
+    "move every shunted message back to the queue it came from",
+    _arg("--discard", action="store_true", help="delete the shunted messages instead"),
+)
 def _unshunt(arguments: argparse.Namespace, config_file: str | None) -> int:
     shunt = config.switchboards["shunt"]
     # As Mailman's does: entries an earlier unshunt was killed in the middle
     # of (.bak files) go back to the shunt queue first.
-    recovering = Switchboard("shunt", shunt.queue_directory, recover=True)
+    recovering = config.switchboards.make("shunt", recover=True)
     del recovering
     status = 0
     for filebase in shunt.files:
@@ -494,6 +517,19 @@ def _queue_counts() -> dict[str, dict[str, int]]:
     return counts
 
 
+@_command(
+    "queues",
+    "count the entries of every queue",
+    _arg("--json", action="store_true", help="print JSON"),
+    _arg(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="refresh in place (default: every 2 s)",
+    ),
+)
 def _queues(arguments: argparse.Namespace, config_file: str | None) -> int:
     if arguments.watch is None:
         _print_queues(arguments.json)
@@ -537,6 +573,12 @@ def _print_queues(as_json: bool) -> None:
         )
 
 
+@_command(
+    "list",
+    "list the entries waiting in the queues, oldest first",
+    _arg("-q", "--queue", action="append", help="only this queue (again for more)"),
+    _arg("--json", action="store_true", help="print JSON"),
+)
 def _list(arguments: argparse.Namespace, config_file: str | None) -> int:
     entries = queuetools.list_entries(arguments.queue or None)
     now = time.time()
@@ -572,6 +614,40 @@ def _list(arguments: argparse.Namespace, config_file: str | None) -> int:
     return 0
 
 
+_SELECTION = (
+    _arg("filebases", nargs="*", metavar="FILEBASE"),
+    _arg("--all", action="store_true", help="every entry it can"),
+    _arg("-q", "--queue", action="append", help="only from this queue"),
+    _arg("--list", help="only the entries for this list (list-id)"),
+    _arg(
+        "--older-than",
+        type=_positive_duration,
+        metavar="DURATION",
+        help="only entries older than this (30s, 15m, 2h, 1d)",
+    ),
+)
+
+
+@_command(
+    "requeue",
+    "move entries (queued, preserved in bad, or held) to a queue",
+    _arg("--to", required=True, metavar="QUEUE", help="the queue"),
+    *_SELECTION,
+    act="requeue",
+)
+@_command(
+    "release",
+    "put held entries back in the queue they were held from",
+    *_SELECTION,
+    act="release",
+)
+@_command(
+    "hold",
+    "hold queued entries: no runner sees them until they are released",
+    *_SELECTION,
+    act="hold",
+)
+@_command("delete", "delete entries for good", *_SELECTION, act="delete")
 def _act(arguments: argparse.Namespace, config_file: str | None) -> int:
     action = arguments.act
     entries = [
@@ -631,15 +707,23 @@ _DONE = {
 }
 
 
+@_command("flush", "make the runners try their queues (retry too) now")
 def _flush(arguments: argparse.Namespace, config_file: str | None) -> int:
-    pid = _running_master()
-    os.kill(pid, signal.SIGUSR2)
+    pid = signal_master(signal.SIGUSR2)
     print(
         f"mailqueue master (pid {pid}) woke its runners: deferred entries are tried now"
     )
     return 0
 
 
+def _list_actions(lists: argparse.ArgumentParser) -> None:
+    actions = lists.add_subparsers(dest="action", metavar="ACTION")
+    for action, text in (("create", "create a list"), ("delete", "delete a list")):
+        sub = actions.add_parser(action, help=text, description=text)
+        sub.add_argument("name", metavar="NAME@DOMAIN")
+
+
+@_command("lists", "show, create or delete mailing lists", setup=_list_actions)
 def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:
     if arguments.action is None:
         # Listing creates nothing: no database yet means no lists yet.
@@ -649,10 +733,7 @@ def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:
                 print(mlist.fqdn_listname)
         return 0
     if arguments.action == "create":
-        try:
-            mlist = config.lists.create(arguments.name)
-        except ListExistsError as error:
-            raise CommandError(str(error)) from None
+        mlist = config.lists.create(arguments.name)
         print(f"created {mlist.fqdn_listname} (list-id {mlist.list_id})")
         return 0
     mlist = config.lists.get(arguments.name)
@@ -664,28 +745,6 @@ def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:
 
 
 # The command line -----------------------------------------------------------
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
-    return value
-
-
-def _positive_duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
-    try:
-        value = float(number) * units[unit]
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a duration such as 15m: {text!r}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -704,106 +763,15 @@ def _parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"mailqueue {__version__}"
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-
-    def command(name: str, function: Any, text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=text, description=text)
-        sub.set_defaults(command=function)
-        return sub
-
-    start = command("start", _start, "start the master, which starts the runners")
-    start.add_argument(
-        "--foreground",
-        action="store_true",
-        help="run the master in this process instead of detaching it",
-    )
-    stop = command("stop", _stop, "stop the master and its runners")
-    stop.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=60,
-        metavar="SECONDS",
-        help="how long to wait for them to stop (default: 60)",
-    )
-    status = command("status", _status, "say whether a master runs, and its runners")
-    status.add_argument("--json", action="store_true", help="print JSON")
-    command("reopen", _reopen, "make the master and its runners reopen their logs")
-    command("restart", _restart, "make the master restart its runners")
-    runner = command("runner", _runner, "run one runner in this process")
-    runner.add_argument(
-        "spec",
-        metavar="NAME[:SLICE:COUNT]",
-        help="the runner, and which slice of how many",
-    )
-    runner.add_argument(
-        "--once", action="store_true", help="make one pass over the queue, then exit"
-    )
-    inject = command("inject", _inject, "put a message into a queue")
-    inject.add_argument("-q", "--queue", default="in", help="the queue (default: in)")
-    inject.add_argument(
-        "-l",
-        "--list",
-        required=True,
-        help="the list the message is for: posting address or list-id",
-    )
-    inject.add_argument(
-        "file",
-        nargs="?",
-        default="-",
-        metavar="FILE",
-        help="the message, RFC 5322 (default: standard input)",
-    )
-    show = command("qfile", _qfile, "show queue files' message and metadata, safely")
-    show.add_argument("files", nargs="+", metavar="FILE")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    unshunt = command(
-        "unshunt", _unshunt, "move every shunted message back to the queue it came from"
-    )
-    unshunt.add_argument(
-        "--discard", action="store_true", help="delete the shunted messages instead"
-    )
-    queues = command("queues", _queues, "count the entries of every queue")
-    queues.add_argument("--json", action="store_true", help="print JSON")
-    queues.add_argument(
-        "--watch",
-        nargs="?",
-        const=2.0,
-        type=_positive_seconds,
-        metavar="SECONDS",
-        help="refresh in place (default: every 2 s)",
-    )
-    listing = command(
-        "list", _list, "list the entries waiting in the queues, oldest first"
-    )
-    listing.add_argument(
-        "-q", "--queue", action="append", help="only this queue (again for more)"
-    )
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    for act, text in (
-        ("delete", "delete entries for good"),
-        ("hold", "hold queued entries: no runner sees them until they are released"),
-        ("release", "put held entries back in the queue they were held from"),
-        ("requeue", "move entries (queued, preserved in bad, or held) to a queue"),
-    ):
-        sub = command(act, _act, text)
-        sub.set_defaults(act=act)
-        if act == "requeue":
-            sub.add_argument("--to", required=True, metavar="QUEUE", help="the queue")
-        sub.add_argument("filebases", nargs="*", metavar="FILEBASE")
-        sub.add_argument("--all", action="store_true", help="every entry it can")
-        sub.add_argument("-q", "--queue", action="append", help="only from this queue")
-        sub.add_argument("--list", help="only the entries for this list (list-id)")
-        sub.add_argument(
-            "--older-than",
-            type=_positive_duration,
-            metavar="DURATION",
-            help="only entries older than this (30s, 15m, 2h, 1d)",
+    for command in _COMMANDS:
+        sub = commands.add_parser(
+            command.name, help=command.text, description=command.text
         )
-    command("flush", _flush, "make the runners try their queues (retry too) now")
-    lists = command("lists", _lists, "show, create or delete mailing lists")
-    actions = lists.add_subparsers(dest="action", metavar="ACTION")
-    for action, text in (("create", "create a list"), ("delete", "delete a list")):
-        sub = actions.add_parser(action, help=text, description=text)
-        sub.add_argument("name", metavar="NAME@DOMAIN")
+        sub.set_defaults(command=command.function, **command.defaults)
+        for flags, options in command.arguments:
+            sub.add_argument(*flags, **options)
+        if command.setup is not None:
+            command.setup(sub)
     return parser
 
 

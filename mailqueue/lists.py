@@ -15,15 +15,17 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 
+from mailqueue.errors import MailqueueError
+
 __all__ = [
     "Language",
     "ListExistsError",
     "ListManager",
+    "ListNameError",
     "MailingList",
     "Member",
     "Roster",
     "check_list_id",
-    "create_list",
 ]
 
 # A list's name is what GNU Mailman allows by default (letters, digits, "-",
@@ -52,7 +54,11 @@ CREATE TABLE IF NOT EXISTS members (
 """
 
 
-class ListExistsError(ValueError):
+class ListNameError(MailqueueError, ValueError):
+    """Not a list's posting address, or not a list-id."""
+
+
+class ListExistsError(MailqueueError, ValueError):
     """A list with that posting address exists already."""
 
 
@@ -182,7 +188,7 @@ class ListManager:
         """Create the list whose posting address is *fqdn_listname*."""
         match = _POSTING_ADDRESS.fullmatch(str(fqdn_listname or "").lower())
         if match is None or len(match["local"]) > 64 or len(match["domain"]) > 253:
-            raise ValueError(
+            raise ListNameError(
                 f"not a list posting address (name@domain): {fqdn_listname!r}"
             )
         check_list_id(f"{match['local']}.{match['domain']}")
@@ -340,7 +346,7 @@ class _PostgreSQL(_Database):
 def check_list_id(list_id: str) -> str:
     """Return *list_id* if it is a list-id, safe to use as a directory name.
 
-    Raise :exc:`ValueError` for anything else: a list-id is dot-separated
+    Raise :exc:`ListNameError` for anything else: a list-id is dot-separated
     words of letters, digits, ``-`` and ``_``, at most 255 characters.
     """
     if (
@@ -348,12 +354,5 @@ def check_list_id(list_id: str) -> str:
         or len(list_id) > 255
         or _LIST_ID.fullmatch(list_id) is None
     ):
-        raise ValueError(f"not a list-id: {list_id!r:.80}")
+        raise ListNameError(f"not a list-id: {list_id!r:.80}")
     return list_id
-
-
-def create_list(fqdn_listname: str, preferred_language: str = "en") -> MailingList:
-    """Create a mailing list in the configured database and return it."""
-    from mailqueue.config import config
-
-    return config.lists.create(fqdn_listname, preferred_language)

@@ -35,8 +35,9 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from mailqueue.config import config
-from mailqueue.logs import reopen_logs
+from mailqueue.configuration import config
+from mailqueue.errors import MailqueueError
+from mailqueue.logs import logging_to, reopen_logs
 from mailqueue.qfile import write_file
 from mailqueue.runner import MASTER_FD
 from mailqueue.runner import SIGNALS as RUNNER_SIGNALS
@@ -46,9 +47,15 @@ __all__ = [
     "MAX_RESTART_DELAY",
     "SIGNALS",
     "Master",
+    "MasterError",
     "MasterRunning",
     "master_pid",
     "master_status",
+    "run_master",
+    "running_master",
+    "signal_master",
+    "start_master",
+    "stop_master",
 ]
 
 #: The delay before a crashed runner's first restart, in seconds; it doubles
@@ -66,7 +73,11 @@ rlog = logging.getLogger("mailqueue.runner")
 elog = logging.getLogger("mailqueue.error")
 
 
-class MasterRunning(Exception):
+class MasterError(MailqueueError):
+    """A master could not be started, found or stopped: the message says why."""
+
+
+class MasterRunning(MasterError):
     """Another master already runs on this var directory."""
 
     def __init__(self, pid: int | None) -> None:
@@ -109,6 +120,91 @@ def master_status() -> dict:
             return json.load(stream)
     except (FileNotFoundError, ValueError):
         return {}
+
+
+def running_master() -> int:
+    """The pid of the master running on this var directory; MasterError if none."""
+    pid = master_pid()
+    if pid is None:
+        raise MasterError(f"no master is running on {config.VAR_DIR}")
+    return pid
+
+
+def signal_master(signum: int) -> int:
+    """Send the running master *signum* (it passes it on to its runners)."""
+    pid = running_master()
+    os.kill(pid, signum)
+    return pid
+
+
+def run_master(command: list[str]) -> None:
+    """Be the master in this process until it stops (see :class:`Master`)."""
+    master = Master(command)
+    master.lock()
+    with logging_to(config.LOG_DIR):
+        master.run()
+
+
+def start_master(command: list[str], timeout: float = 30) -> int:
+    """Start a master in a new session, detached; return its pid.
+
+    *command* is as for :class:`Master`.  Return once the master holds its
+    lock: from then on ``master_pid()`` names it.  Its output goes to
+    ``$LOG_DIR/master.out``.  Raise :exc:`MasterError` if a master runs
+    already, if the new one exits at once, or if it is not up in *timeout*
+    seconds.
+    """
+    running = master_pid()
+    if running is not None:
+        raise MasterRunning(running)
+    os.makedirs(config.LOG_DIR, mode=0o770, exist_ok=True)
+    output_path = os.path.join(config.LOG_DIR, "master.out")
+    with open(output_path, "ab") as output:
+        pid = os.posix_spawnp(
+            command[0],
+            [*command, "start", "--foreground"],
+            os.environ,
+            setsid=True,
+            # Until its handlers are in place: this returns before that, and
+            # a ``mailqueue reopen`` at once must not kill it.
+            setsigmask=SIGNALS,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, output.fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, output.fileno(), 2),
+            ],
+        )
+    deadline = time.monotonic() + timeout
+    while master_pid() != pid:
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            raise MasterError(
+                f"the master exited at once (status "
+                f"{os.waitstatus_to_exitcode(status)}); see {output_path}"
+            )
+        if time.monotonic() > deadline:
+            raise MasterError(
+                f"the master (pid {pid}) did not start within {timeout:g} s"
+            )
+        time.sleep(0.05)
+    return pid
+
+
+def stop_master(timeout: float = 60) -> int:
+    """Stop the running master and its runners; return its pid once it is gone.
+
+    Raise :exc:`MasterError` if no master runs, or if it still runs after
+    *timeout* seconds (its runners finish the entry each is working on).
+    """
+    pid = signal_master(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while master_pid() == pid:
+        if time.monotonic() > deadline:
+            raise MasterError(
+                f"the master (pid {pid}) is still running after {timeout:g} s"
+            )
+        time.sleep(0.05)
+    return pid
 
 
 @dataclass

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from mailqueue import safepickle
+from mailqueue.errors import MailqueueError
 
 __all__ = [
     "DIGEST_BITS",
@@ -75,7 +76,7 @@ MAX_ENTRY_SIZE = 32 * 2**20
 FILEBASE = re.compile(r"(?P<when>[0-9]+(?:\.[0-9]+)?)\+(?P<digest>[0-9a-fA-F]{40})")
 
 
-class QueueFileError(ValueError):
+class QueueFileError(MailqueueError, ValueError):
     """A queue file that cannot be read safely: damaged, or asking for code."""
 
 

@@ -10,7 +10,9 @@ fails, and the entry is left to it.
 
 Held entries wait in ``$QUEUE_DIR/hold/<queue>/``, where no runner looks;
 the directory remembers the queue that releasing them puts them back in.
-Listing reads every entry with the safe loader and creates nothing.
+Listing reads every entry with the safe loader and creates nothing;
+:func:`dump_msgdata` prints an entry's metadata as ``mailqueue show`` and
+the documents do.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from mailqueue import qfile
-from mailqueue.config import config
+from mailqueue.configuration import config
+from mailqueue.errors import MailqueueError
 
 __all__ = [
     "EntryError",
     "QueueEntry",
     "age",
     "delete",
+    "dump_msgdata",
     "hold",
     "hold_directory",
     "list_entries",
@@ -40,7 +45,18 @@ __all__ = [
 alog = logging.getLogger("mailqueue.admin")
 
 
-class EntryError(ValueError):
+def dump_msgdata(msgdata: dict[str, Any], *skip: str) -> None:
+    """Print *msgdata* one key a line, sorted, values aligned; leave out *skip*."""
+    keys = sorted(key for key in msgdata if key not in skip)
+    if not keys:
+        print("*Empty*")
+        return
+    width = max(len(key) for key in keys)
+    for key in keys:
+        print(f"{key:{width}}: {msgdata[key]}")
+
+
+class EntryError(MailqueueError, ValueError):
     """An entry that cannot be acted on: gone, taken, held, or in the way."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import select
@@ -11,14 +12,23 @@ import time
 from types import FrameType
 from typing import Any
 
-from mailqueue.config import config
+from mailqueue.configuration import ConfigurationError, config
+from mailqueue.errors import MailqueueError
 from mailqueue.lists import MailingList
 from mailqueue.logs import reopen_logs
 from mailqueue.message import Message
 from mailqueue.qfile import QueueFileError
 from mailqueue.switchboard import Switchboard
 
-__all__ = ["MASTER_FD", "Runner", "RunnerInterrupt"]
+__all__ = [
+    "MASTER_FD",
+    "SIGNALS",
+    "Runner",
+    "RunnerError",
+    "RunnerInterrupt",
+    "parse_runner_spec",
+    "runner_class",
+]
 
 #: The environment variable that names the runner's end of its master's pipe.
 MASTER_FD = "MAILQUEUE_MASTER_FD"
@@ -63,22 +73,17 @@ class Runner:
     def __init__(self, name: str, slice: int | None = None) -> None:
         section = config.runners.get(name)
         if section is None:
-            raise ValueError(f"no [runner.{name}] section in the configuration")
+            raise ConfigurationError(f"no [runner.{name}] section in the configuration")
         self.name = name
         if self.is_queue_runner:
             if section.path is None:
-                raise ValueError(f"[runner.{name}] has no path for its queue")
+                raise ConfigurationError(f"[runner.{name}] has no path for its queue")
             self.queue_directory: str | None = section.path
             self._waiting = False
             #: Whether this host prefers this runner's slice (``prefer``).
             self.preferred = (slice or 0) in section.prefer
-            self.switchboard: Switchboard | None = Switchboard(
-                name,
-                section.path,
-                slice,
-                section.instances,
-                max_entry_size=config.max_entry_size,
-                host=config.host_name,
+            self.switchboard: Switchboard | None = config.switchboards.make(
+                name, slice, section.instances
             )
             if self.preferred and not self.switchboard.claim_preference():
                 rlog.info("%s runner: another process prefers its slice too", self.name)
@@ -113,6 +118,23 @@ class Runner:
         return f"<{type(self).__name__} {self.name!r}>"
 
     # Running and stopping ------------------------------------------------
+
+    def run_once(self) -> int:
+        """Make one pass over the queue, then clean up; return the entries seen.
+
+        Raise :exc:`RunnerError` if another process owns this runner's
+        slice: its entries are that process's to take.
+        """
+        board = self.switchboard
+        if board is not None and not board.owned_here:
+            raise RunnerError(
+                f"{self.name}: its slice is owned by {board.owner_id()}; "
+                "not taking its entries"
+            )
+        try:
+            return self._one_iteration()
+        finally:
+            self._clean_up()
 
     def run(self) -> None:
         """Process the queue in passes until :meth:`stop` is called.
@@ -428,6 +450,63 @@ class Runner:
 
     def _clean_up(self) -> None:
         """Work done once when :meth:`run` ends, however it ends; nothing by default."""
+
+
+class RunnerError(MailqueueError):
+    """A runner cannot be made or run as asked: the message says why."""
+
+
+def parse_runner_spec(spec: str) -> tuple[str, int | None]:
+    """The runner name and slice of ``NAME`` or ``NAME:SLICE:COUNT``.
+
+    ``NAME`` alone is a runner of one instance.  Raise :exc:`RunnerError`
+    for a runner the configuration has not, or a slice it has not.
+    """
+    name, *rest = spec.split(":")
+    section = config.runners.get(name)
+    if section is None:
+        raise RunnerError(f"no runner is called {name!r} (no [runner.{name}] section)")
+    if not rest:
+        if section.instances != 1:
+            raise RunnerError(
+                f"{name} has {section.instances} instances: name one, as "
+                f"{name}:SLICE:{section.instances}"
+            )
+        return name, None
+    if len(rest) != 2 or not all(part.isdigit() for part in rest):
+        raise RunnerError(f"a runner is NAME or NAME:SLICE:COUNT, not {spec!r}")
+    slice, count = int(rest[0]), int(rest[1])
+    if count != section.instances:
+        raise RunnerError(f"{name} has {section.instances} instances, not {count}")
+    if slice >= count:
+        raise RunnerError(f"slice {slice} of {name} does not exist (0 to {count - 1})")
+    return name, slice
+
+
+def runner_class(name: str) -> type[Runner]:
+    """The class ``[runner.NAME] class`` names, imported and checked.
+
+    Raise :exc:`~mailqueue.configuration.ConfigurationError` if it cannot
+    be imported, is not a :class:`Runner`, or is the base class itself (a
+    queue held for a person, such as ``bad``, that no runner drains).
+    """
+    section = config.runners[name]
+    module_name, _, class_name = section.class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigurationError(
+            f"[runner.{name}] class {section.class_path}: {error}"
+        ) from None
+    if not (isinstance(found, type) and issubclass(found, Runner)):
+        raise ConfigurationError(
+            f"[runner.{name}] class {section.class_path} is not a Runner"
+        )
+    if found is Runner:
+        raise ConfigurationError(
+            f"the {name} queue is held: [runner.{name}] names no runner class to run"
+        )
+    return found
 
 
 class _RepeatedErrors:

@@ -15,7 +15,7 @@ import mailbox
 import os
 from typing import Any
 
-from mailqueue.config import config
+from mailqueue.configuration import config
 from mailqueue.lists import MailingList, check_list_id
 from mailqueue.message import Message
 from mailqueue.qfile import fsync_directory

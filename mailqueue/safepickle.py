@@ -61,6 +61,7 @@ import io
 import pickle
 from typing import Any
 
+from mailqueue.errors import MailqueueError
 from mailqueue.message import Message
 
 __all__ = [
@@ -85,7 +86,7 @@ MAX_ODD_KEYS = 1_000
 MIN_WEIGHT = 1 << 20
 
 
-class PickleRefused(ValueError):
+class PickleRefused(MailqueueError, ValueError):
     """A pickle that :func:`check` or :class:`SafeUnpickler` will not load."""
 
 

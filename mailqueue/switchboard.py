@@ -15,9 +15,22 @@ import weakref
 from typing import Any
 
 from mailqueue import qfile
+from mailqueue.errors import MailqueueError
 from mailqueue.message import Message
 
-__all__ = ["MAX_BAK_COUNT", "STALE_TEMPORARY_AFTER", "Switchboard", "slice_owner"]
+__all__ = [
+    "MAX_BAK_COUNT",
+    "STALE_TEMPORARY_AFTER",
+    "EntryTooLargeError",
+    "Switchboard",
+    "default_bad_directory",
+    "slice_owner",
+]
+
+
+class EntryTooLargeError(MailqueueError, ValueError):
+    """An entry larger than its queue's ``max_entry_size``: it is not queued."""
+
 
 #: How many times an entry may be left as a ``.bak``: the recovery that finds
 #: it so for this time preserves it in the ``bad`` queue instead of putting it
@@ -52,6 +65,11 @@ class Switchboard:
     :meth:`recover_backup_files`).  If another process holds the lock, those
     files may be entries that process is working on right now, so they are
     left alone.
+
+    *bad_directory* is where :meth:`finish` preserves an entry; by default
+    the ``bad`` directory beside *queue_directory* (see
+    :func:`default_bad_directory`).  The configuration hands each
+    switchboard it makes the ``bad`` queue's directory.
     """
 
     def __init__(
@@ -63,6 +81,7 @@ class Switchboard:
         recover: bool = False,
         max_entry_size: int = qfile.MAX_ENTRY_SIZE,
         host: str | None = None,
+        bad_directory: str | None = None,
     ) -> None:
         if (
             not isinstance(numslices, int)
@@ -78,6 +97,8 @@ class Switchboard:
             )
         self.name = name
         self.queue_directory = queue_directory
+        #: Where :meth:`finish` preserves entries.
+        self.bad_directory = bad_directory or default_bad_directory(queue_directory)
         self.slice = slice
         self.numslices = numslices
         self.max_entry_size = max_entry_size
@@ -255,7 +276,7 @@ class Switchboard:
         metadata_pickle = qfile.dump_checked(stored, "metadata")
         size = len(message_pickle) + len(metadata_pickle)
         if size > self.max_entry_size:
-            raise ValueError(
+            raise EntryTooLargeError(
                 f"cannot queue an entry of {size:,} bytes in the {self.name!r} "
                 f"queue: its limit is {self.max_entry_size:,}"
             )
@@ -330,10 +351,7 @@ class Switchboard:
             if preserve:
                 if not os.path.lexists(source) and os.path.lexists(queued):
                     source = queued
-                from mailqueue.config import config
-
-                bad = config.switchboards["bad"].queue_directory
-                self._preserve(source, filebase, bad)
+                self._preserve(source, filebase, self.bad_directory)
                 return
             try:
                 # A small entry may be kept as a spare file for a later one.
@@ -349,6 +367,7 @@ class Switchboard:
             )
 
     def _preserve(self, source: str, filebase: str, bad: str) -> None:
+        os.makedirs(bad, mode=0o770, exist_ok=True)
         target = filebase
         while os.path.lexists(os.path.join(bad, target + ".psv")):
             parsed = qfile.parse_filebase(target)
@@ -476,6 +495,17 @@ class Switchboard:
         # in between can only count one recovery too many.
         qfile.write_file(backup, (message_pickle, metadata_pickle))
         os.rename(backup, queued)
+
+
+def default_bad_directory(queue_directory: str) -> str:
+    """Where a switchboard made without a *bad_directory* preserves entries.
+
+    The ``bad`` directory beside its own, where the default configuration
+    keeps the ``bad`` queue.  This is the one place the core assumes a
+    layout; everything the configuration makes is told where ``bad`` is.
+    """
+    parent = os.path.dirname(os.path.normpath(queue_directory))
+    return os.path.join(parent, "bad")
 
 
 def _owner_file(

@@ -14,23 +14,12 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
-from mailqueue.config import Configuration, config
+from mailqueue.configuration import Configuration, config
 from mailqueue.lists import MailingList
+from mailqueue.queuetools import dump_msgdata  # the documents' name for it
 
 __all__ = ["LogCapture", "dump_msgdata", "isolated_state", "subscribe"]
-
-
-def dump_msgdata(msgdata: dict[str, Any], *skip: str) -> None:
-    """Print *msgdata* one key a line, sorted, values aligned; leave out *skip*."""
-    keys = sorted(key for key in msgdata if key not in skip)
-    if not keys:
-        print("*Empty*")
-        return
-    width = max(len(key) for key in keys)
-    for key in keys:
-        print(f"{key:{width}}: {msgdata[key]}")
 
 
 @contextlib.contextmanager

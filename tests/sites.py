@@ -3,6 +3,7 @@ configuration file, and helpers to wait for processes."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +18,15 @@ def process_gone(pid):
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def interruptible():
+    """Give a child the default SIGINT, for a test that interrupts it.
+
+    A shell starts a background job with SIGINT ignored, and its children
+    inherit that, Python too: it then never raises KeyboardInterrupt.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition, timeout, what):

@@ -4,12 +4,14 @@ import contextlib
 import json
 import os
 import pty
+import select
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from sites import interruptible
 
 from mailqueue import config, create_list, message_from_string
 from mailqueue.cli import main
@@ -239,7 +241,7 @@ def test_a_configuration_mistake_names_file_line_and_key(
 
 
 def test_config_push_raises_a_configuration_error(var_dir):
-    from mailqueue.config import ConfigurationError
+    from mailqueue.configuration import ConfigurationError
 
     with pytest.raises(ConfigurationError, match=r"^configuration 'mine', line 1: "):
         config.push("mine", "[pahts]\nvar_dir: x\n")
@@ -297,12 +299,22 @@ def test_queues_watch_redraws_until_interrupted(var_dir, tmp_path):
         stdout=screen,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     os.close(screen)
-    time.sleep(1)
-    watcher.send_signal(signal.SIGINT)
-    _, err = watcher.communicate(timeout=10)
     out = b""
+    try:
+        # Ctrl-C once it has drawn three frames (not after a guessed time:
+        # a slow start would take the signal before Python handles it).
+        deadline = time.monotonic() + 30
+        while out.count(b"\033[H\033[2J") < 3 and time.monotonic() < deadline:
+            if select.select([terminal], [], [], 1)[0]:
+                out += os.read(terminal, 65536)
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+        watcher.wait()
     with contextlib.suppress(OSError):  # EIO once the writer is gone
         while chunk := os.read(terminal, 65536):
             out += chunk
@@ -314,3 +326,14 @@ def test_queues_watch_redraws_until_interrupted(var_dir, tmp_path):
     with pytest.raises(SystemExit) as exit:
         main(["queues", "--watch", "0"])
     assert exit.value.code == 2
+
+
+def test_a_bug_keeps_its_traceback(var_dir, monkeypatch):
+    # Only mailqueue's own errors and OSError are the user's to put right,
+    # and said in one line; anything else is a bug, and is not hidden.
+    def broken(*arguments, **options):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr("mailqueue.queuetools.list_entries", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["list"])

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from mailqueue import config, create_list
-from mailqueue.config import ConfigurationError
+from mailqueue.configuration import ConfigurationError
 from mailqueue.lists import ListExistsError, ListManager
 
 

@@ -4,8 +4,8 @@ Each test asserts the exact line and exit status the operator gets.
 """
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sites import process_gone, wait_for
+from sites import interruptible, process_gone, wait_for
 
 from mailqueue import Switchboard, __version__, config, create_list, message_from_string
 from mailqueue.cli import main
@@ -187,13 +187,16 @@ def test_queues_watch_for_a_program(var_dir):
             ],
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=interruptible,
         )
         with watcher.stdout:
             try:
                 lines = [watcher.stdout.readline() for _ in range(3)]
-            finally:
                 watcher.send_signal(signal.SIGINT)
-                watcher.wait(timeout=30)
+                assert watcher.wait(timeout=30) == 0
+            finally:
+                watcher.kill()
+                watcher.wait()
         assert all(check(line) for line in lines if line.strip()), lines
 
 
@@ -339,7 +342,9 @@ def test_writing_to_a_read_only_var_dir_is_one_line(var_dir):
     with open(site, "w") as stream:
         stream.write(f"[paths]\nvar_dir: {var_dir}\n")
     as_nobody = (
-        "import os, sys\n"
+        # The interpreter's own modules are under /root here, where nobody
+        # cannot read: import what the command imports late, first.
+        "import os, shutil, sys\n"
         "from mailqueue.cli import main\n"
         "os.setgid(65534)\n"
         "os.setuid(65534)\n"

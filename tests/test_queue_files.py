@@ -201,3 +201,26 @@ def test_a_failed_enqueue_names_the_queue_and_leaves_nothing(
         caught.value
     )
     assert os.listdir(queue.queue_directory) == []
+
+
+def test_the_configuration_tells_its_switchboards_where_bad_is(var_dir, tmp_path):
+    elsewhere = tmp_path / "elsewhere-bad"
+    config.push("bad-elsewhere", f"[runner.bad]\npath: {elsewhere}\n")
+    try:
+        queue = config.switchboards["in"]
+        filebase = queue.enqueue(message_from_string("Subject: x\n\nx\n"))
+        queue.dequeue(filebase)
+        queue.finish(filebase, preserve=True)
+        assert os.listdir(elsewhere) == [filebase + ".psv"]
+        sliced = config.switchboards.make("in", 0, 2)
+        assert sliced.bad_directory == str(elsewhere)
+    finally:
+        config.pop("bad-elsewhere")
+
+
+def test_a_switchboard_made_by_hand_preserves_beside_its_queue(tmp_path):
+    # No configuration involved: bad is the directory beside the queue's.
+    queue = Switchboard("mine", str(tmp_path / "queues" / "mine"))
+    filebase = queue.enqueue(message_from_string("Subject: x\n\nx\n"))
+    queue.finish(filebase, preserve=True)
+    assert os.listdir(tmp_path / "queues" / "bad") == [filebase + ".psv"]

@@ -34,20 +34,20 @@ import string
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
+from mailqueue.errors import MailqueueError
+from mailqueue.lists import ListManager, MailingList
 from mailqueue.qfile import QFILE_SCHEMA_VERSION
-
-if TYPE_CHECKING:
-    from mailqueue.lists import ListManager
-    from mailqueue.switchboard import Switchboard
+from mailqueue.switchboard import Switchboard
 
 __all__ = [
     "RUNNER_DEFAULTS",
     "Configuration",
     "ConfigurationError",
     "RunnerConfig",
+    "Switchboards",
     "config",
+    "create_list",
 ]
 
 #: The keys every ``[runner.NAME]`` section has, and their default values.
@@ -118,7 +118,7 @@ SECTION_KEYS = {
 }
 
 
-class ConfigurationError(ValueError):
+class ConfigurationError(MailqueueError, ValueError):
     """A mistake in the configuration: where it is, and what is wrong.
 
     An unknown section or key, a value that is not what the key takes, a
@@ -248,9 +248,7 @@ class Configuration:
             raise ConfigurationError(
                 f"{at('host', 'name')} must be a host name, not {self.host_name!r}"
             )
-        self.switchboards: Mapping[str, Switchboard] = _Switchboards(
-            runners, max_entry_size, self.host_name
-        )
+        self.switchboards = Switchboards(runners, max_entry_size, self.host_name)
         url = merged.get("database", {}).get("url", "").strip()
         default = os.path.join(substitutions["DATA_DIR"], "lists.sqlite3")
         self._database_url = url or f"sqlite:///{default}"
@@ -301,14 +299,18 @@ class Configuration:
         By default that is an SQLite file under :attr:`DATA_DIR`.
         """
         if self._lists is None or not self._lists.usable:
-            from mailqueue.lists import ListManager
-
             self._lists = ListManager(self._database_url)
         return self._lists
 
 
-class _Switchboards(Mapping[str, "Switchboard"]):
-    """One switchboard per queue runner, made (with its directory) when first used."""
+class Switchboards(Mapping[str, Switchboard]):
+    """The configured queues' switchboards, by name, each made when first used.
+
+    ``config.switchboards['bad']`` is the ``bad`` queue's switchboard, as in
+    GNU Mailman.  :meth:`make` makes a new one (a slice of a queue, say),
+    wired the same way: the configured entry size limit, host name, and
+    ``bad`` directory.
+    """
 
     def __init__(
         self, runners: dict[str, RunnerConfig], max_entry_size: int, host: str
@@ -318,16 +320,31 @@ class _Switchboards(Mapping[str, "Switchboard"]):
         self._host = host
         self._made: dict[str, Switchboard] = {}
 
+    def make(
+        self,
+        name: str,
+        slice: int | None = None,
+        numslices: int = 1,
+        recover: bool = False,
+    ) -> Switchboard:
+        """A new switchboard for the queue *name*.
+
+        See :class:`~mailqueue.switchboard.Switchboard` for the arguments.
+        """
+        return Switchboard(
+            name,
+            self._paths[name],
+            slice,
+            numslices,
+            recover=recover,
+            max_entry_size=self._max_entry_size,
+            host=self._host,
+            bad_directory=self._paths.get("bad"),
+        )
+
     def __getitem__(self, name: str) -> Switchboard:
         if name not in self._made:
-            from mailqueue.switchboard import Switchboard
-
-            self._made[name] = Switchboard(
-                name,
-                self._paths[name],
-                max_entry_size=self._max_entry_size,
-                host=self._host,
-            )
+            self._made[name] = self.make(name)
         return self._made[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -517,3 +534,8 @@ def _slices(text: str, instances: int, where: str) -> frozenset[int]:
 
 #: The configuration of this process.
 config = Configuration()
+
+
+def create_list(fqdn_listname: str, preferred_language: str = "en") -> MailingList:
+    """Create a mailing list in the configured database and return it."""
+    return config.lists.create(fqdn_listname, preferred_language)
