@@ -736,11 +736,11 @@ def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:
         mlist = config.lists.create(arguments.name)
         print(f"created {mlist.fqdn_listname} (list-id {mlist.list_id})")
         return 0
-    mlist = config.lists.get(arguments.name)
-    if mlist is None:
+    found = config.lists.get(arguments.name)
+    if found is None:
         raise CommandError(f"no list is called {arguments.name!r}")
-    config.lists.delete(mlist)
-    print(f"deleted {mlist.fqdn_listname}")
+    config.lists.delete(found)
+    print(f"deleted {found.fqdn_listname}")
     return 0
 
 

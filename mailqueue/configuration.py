@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import functools
 import os
 import re
 import socket
@@ -223,7 +224,7 @@ class Configuration:
                 name = section.removeprefix("runner.")
                 values = RUNNER_DEFAULTS | merged[section]
                 runners[name] = _runner_config(
-                    name, values, substitutions, lambda key, s=section: at(s, key)
+                    name, values, substitutions, functools.partial(at, section)
                 )
         queues = merged.get("queues", {})
         max_entry_size = _size(

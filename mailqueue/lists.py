@@ -13,7 +13,9 @@ import os
 import re
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import overload
 
 from mailqueue.errors import MailqueueError
 
@@ -52,6 +54,10 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (list_id, address)
 );
 """
+
+# Every query here takes text, and what it selects is two text columns.
+_Row = tuple[str, str]
+_Parameters = tuple[str, ...]
 
 
 class ListNameError(MailqueueError, ValueError):
@@ -93,7 +99,7 @@ class Roster:
         ).fetchone()
         return None if row is None else Member(row[0], Language(row[1]))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Member]:
         rows = self._manager._query(
             "SELECT address, preferred_language FROM members"
             " WHERE list_id = ? ORDER BY address",
@@ -177,11 +183,15 @@ class ListManager:
         """False once closed, or in a forked child: connections do not cross forks."""
         return self._database.open and self._pid == os.getpid()
 
-    def _query(self, sql: str, parameters: tuple = ()) -> _Rows:
+    def _query(self, sql: str, parameters: _Parameters = ()) -> _Rows:
         with self._lock:
             return self._database.query(sql, parameters)
 
-    def _make(self, row: tuple[str, str] | None) -> MailingList | None:
+    @overload
+    def _make(self, row: _Row) -> MailingList: ...
+    @overload
+    def _make(self, row: None) -> None: ...
+    def _make(self, row: _Row | None) -> MailingList | None:
         return None if row is None else MailingList(row[0], Language(row[1]), self)
 
     def create(self, fqdn_listname: str, preferred_language: str = "en") -> MailingList:
@@ -226,7 +236,7 @@ class ListManager:
         """Delete *mlist* and its members."""
         self._query("DELETE FROM lists WHERE list_id = ?", (mlist.list_id,))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[MailingList]:
         rows = self._query(
             "SELECT fqdn_listname, preferred_language FROM lists ORDER BY fqdn_listname"
         ).fetchall()
@@ -244,16 +254,16 @@ class _Duplicate(Exception):
 class _Rows:
     """What a query gave: its rows, read at once."""
 
-    def __init__(self, rows: list[tuple]) -> None:
+    def __init__(self, rows: list[_Row]) -> None:
         self._rows = rows
 
-    def fetchone(self) -> tuple | None:
+    def fetchone(self) -> _Row | None:
         return self._rows[0] if self._rows else None
 
-    def fetchall(self) -> list[tuple]:
+    def fetchall(self) -> list[_Row]:
         return self._rows
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[_Row]:
         return iter(self._rows)
 
 
@@ -263,7 +273,7 @@ class _Database:
     where = ""
     open = False
 
-    def query(self, sql: str, parameters: tuple) -> _Rows:
+    def query(self, sql: str, parameters: _Parameters) -> _Rows:
         raise NotImplementedError
 
     def close(self, mine: bool) -> None:
@@ -293,7 +303,7 @@ class _SQLite(_Database):
             raise self.error(error) from None
         self.open = True
 
-    def query(self, sql: str, parameters: tuple) -> _Rows:
+    def query(self, sql: str, parameters: _Parameters) -> _Rows:
         try:
             return _Rows(self._connection.execute(sql, parameters).fetchall())
         except sqlite3.IntegrityError:
@@ -328,7 +338,7 @@ class _PostgreSQL(_Database):
             raise self.error(error) from None
         self.open = True
 
-    def query(self, sql: str, parameters: tuple) -> _Rows:
+    def query(self, sql: str, parameters: _Parameters) -> _Rows:
         try:
             cursor = self._connection.execute(sql.replace("?", "%s"), parameters)
             return _Rows(cursor.fetchall() if cursor.description else [])

@@ -34,6 +34,7 @@ import select
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailqueue.configuration import config
 from mailqueue.errors import MailqueueError
@@ -113,11 +114,13 @@ def master_pid() -> int | None:
         os.close(fd)
 
 
-def master_status() -> dict:
+def master_status() -> dict[str, Any]:
     """What the running master last wrote about its runners (empty if none)."""
     try:
         with open(_status_path()) as stream:
-            return json.load(stream)
+            # The object the master's _write_status() wrote.
+            status: dict[str, Any] = json.load(stream)
+            return status
     except (FileNotFoundError, ValueError):
         return {}
 

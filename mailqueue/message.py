@@ -26,6 +26,10 @@ class Message(email.message.Message):
     is dequeued.
     """
 
+    # Declared, never given a default: a message that was not stored as
+    # text has no such attribute at all.
+    original_size: int
+
     @property
     def senders(self) -> list[str]:
         """Every address that can be taken as the author, lower-cased.

@@ -59,7 +59,8 @@ import email.mime.text
 import inspect
 import io
 import pickle
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 from mailqueue.errors import MailqueueError
 from mailqueue.message import Message
@@ -99,6 +100,10 @@ def _bytes_from_text(text: str, encoding: str = "latin1") -> bytes:
         raise PickleRefused(f"refused to decode bytes with {encoding!r}")
     return text.encode("latin1")
 
+
+# Private, so typeshed does not declare it; pickles of protocols 0 and 1
+# rebuild objects with it.
+_RECONSTRUCTOR = copyreg._reconstructor  # type: ignore[attr-defined]
 
 #: Classes whose instances are made without arguments and get their state
 #: from ``BUILD``: messages and what they are made of.
@@ -143,8 +148,8 @@ _ALLOWED.update(
         ("mailman.email.message", "OwnerNotification"): Message,
         # What protocols 0 to 2 need to rebuild objects and bytes, under both
         # their Python 3 and their Python 2 module names.
-        ("copyreg", "_reconstructor"): copyreg._reconstructor,
-        ("copy_reg", "_reconstructor"): copyreg._reconstructor,
+        ("copyreg", "_reconstructor"): _RECONSTRUCTOR,
+        ("copy_reg", "_reconstructor"): _RECONSTRUCTOR,
         ("builtins", "object"): object,
         ("__builtin__", "object"): object,
         ("_codecs", "encode"): _bytes_from_text,
@@ -235,11 +240,11 @@ class _Scalar:
     """
 
     __slots__ = ("kind", "value", "weight")
-    depth = 0
-    frozen = False
-    hashable = True
-    holds_global = False
-    odd = 0
+    depth: Final = 0
+    frozen: Final = False
+    hashable: Final = True
+    holds_global: Final = False
+    odd: Final = 0
 
     def __init__(self, kind: int, weight: int, value: Any = None) -> None:
         self.kind = kind
@@ -251,8 +256,11 @@ class _Scalar:
 #: None: one object, however many times it is made.
 _NONE_SCALAR = _Scalar(_NONE, 1)
 
+#: What the stack and the memo hold.
+_Sketch = _Node | _Scalar
 
-def _hashable(node: _Node | _Scalar) -> bool:
+
+def _hashable(node: _Sketch) -> bool:
     if node.kind in _SCALARS or node.kind == _FROZENSET:
         return True
     return node.kind == _TUPLE and node.hashable
@@ -278,12 +286,12 @@ class _Checker:
         self.data = data
         self.start = self.position = self.opcode = position
         self.max_weight = max_weight
-        self.stack: list[_Node] = []
+        self.stack: list[_Sketch] = []
         self.marks: list[int] = []
         #: Where the items after the last mark start: the stack below is out of reach.
         self.fence = 0
         #: The memo: the pickler numbers its entries 0, 1, 2 ... in order.
-        self.memo: list[_Node | _Scalar] = []
+        self.memo: list[_Sketch] = []
         self.objects = 0
 
     # Errors and bookkeeping ---------------------------------------------
@@ -311,24 +319,24 @@ class _Checker:
             raise self.refuse(f"makes more than {MAX_OBJECTS:,} objects")
         self.stack.append(_Scalar(kind, weight, value))
 
-    def pop(self) -> _Node:
+    def pop(self) -> _Sketch:
         if len(self.stack) <= self.fence:
             raise self.refuse("takes from an empty stack")
         return self.stack.pop()
 
-    def pop_items(self, count: int) -> list[_Node]:
+    def pop_items(self, count: int) -> list[_Sketch]:
         if len(self.stack) - count < self.fence:
             raise self.refuse("takes from an empty stack")
         items = self.stack[-count:]
         del self.stack[-count:]
         return items
 
-    def top(self) -> _Node:
+    def top(self) -> _Sketch:
         if len(self.stack) <= self.fence:
             raise self.refuse("looks at an empty stack")
         return self.stack[-1]
 
-    def pop_mark(self) -> list[_Node]:
+    def pop_mark(self) -> list[_Sketch]:
         if not self.marks:
             raise self.refuse("has no mark to go back to")
         mark = self.marks.pop()
@@ -337,7 +345,7 @@ class _Checker:
         del self.stack[mark:]
         return items
 
-    def contain(self, container: _Node, items: list[_Node | _Scalar]) -> None:
+    def contain(self, container: _Node, items: Sequence[_Sketch]) -> None:
         """Account for *items* going into *container*: weight, depth, globals."""
         weight = container.weight
         depth = container.depth
@@ -363,7 +371,7 @@ class _Checker:
             # For a set made from the list: how many items hash unsalted.
             container.odd += odd
 
-    def keys(self, container: _Node, keys: list[_Node | _Scalar]) -> None:
+    def keys(self, container: _Node, keys: Sequence[_Sketch]) -> None:
         """Account for *keys* becoming keys of a dict or members of a set."""
         for key in keys:
             kind = key.kind
@@ -377,11 +385,14 @@ class _Checker:
                 f"has more than {MAX_ODD_KEYS:,} keys that are not strings"
             )
 
-    def mutable(self, node: _Node, kind: int, what: str) -> None:
-        if node.kind != kind:
+    def mutable(self, node: _Sketch, kind: int, what: str) -> _Node:
+        # No _Scalar is ever a list, dict or set: the isinstance() only tells
+        # the type checker so.
+        if node.kind != kind or isinstance(node, _Scalar):
             raise self.refuse(f"{what} a {_KIND_NAMES[node.kind]}")
         if node.frozen:
             raise self.refuse(f"{what} an object it refers to elsewhere")
+        return node
 
     # Reading arguments ----------------------------------------------------
 
@@ -410,7 +421,7 @@ class _Checker:
             raise self.refuse("has a bad memo index")
         return int(text)
 
-    def text_of(self, node: _Node) -> str:
+    def text_of(self, node: _Sketch) -> str:
         if node.kind != _STR or node.value is None:
             raise self.refuse("names a global with something that is not a name")
         start, end = node.value
@@ -418,7 +429,7 @@ class _Checker:
 
     # The walk ---------------------------------------------------------------
 
-    def run(self) -> tuple[_Node, int]:
+    def run(self) -> tuple[_Sketch, int]:
         """Check up to and including STOP; return the result and where it ends."""
         data = self.data
         end = len(data)
@@ -430,6 +441,7 @@ class _Checker:
         # Kept here, and in self for the handlers only around their calls.
         objects = self.objects
         fence = self.fence
+        node: _Sketch | None
         while True:
             if position >= end:
                 self.opcode = position
@@ -535,7 +547,12 @@ class _Checker:
         if end > len(self.data):
             raise self.refuse(f"is truncated (wants {size:,} more bytes)")
         self.position = end
-        self.scalar(kind, 1 + size, (start, end) if size <= 255 else None)
+        text = (start, end) if size <= 255 else None
+        if kind in _MUTABLE:
+            # A bytearray can be referenced again, and is frozen then: a node.
+            self.push(kind, 1 + size, text)
+        else:
+            self.scalar(kind, 1 + size, text)
 
     def op_fixed(self, kind: int, width: int) -> None:
         self.position += width
@@ -564,7 +581,7 @@ class _Checker:
     def op_tuple(self) -> None:
         self.make_tuple(self.pop_mark())
 
-    def make_tuple(self, items: list[_Node | _Scalar]) -> None:
+    def make_tuple(self, items: list[_Sketch]) -> None:
         node = self.new(_TUPLE)
         # A short tuple remembers its items: it may be the arguments of a
         # call, and only a call may take a class or function.
@@ -598,30 +615,26 @@ class _Checker:
 
     def op_append(self) -> None:
         item = self.pop()
-        target = self.top()
-        self.mutable(target, _LIST, "appends to")
+        target = self.mutable(self.top(), _LIST, "appends to")
         self.contain(target, [item])
 
     def op_appends(self) -> None:
         items = self.pop_mark()
-        target = self.top()
-        self.mutable(target, _LIST, "appends to")
+        target = self.mutable(self.top(), _LIST, "appends to")
         self.contain(target, items)
 
     def op_setitem(self) -> None:
         value = self.pop()
         key = self.pop()
-        target = self.top()
-        self.mutable(target, _DICT, "sets an item of")
+        target = self.mutable(self.top(), _DICT, "sets an item of")
         self.set_items(target, [key, value])
 
     def op_setitems(self) -> None:
         items = self.pop_mark()
-        target = self.top()
-        self.mutable(target, _DICT, "sets an item of")
+        target = self.mutable(self.top(), _DICT, "sets an item of")
         self.set_items(target, items)
 
-    def set_items(self, target: _Node, items: list[_Node]) -> None:
+    def set_items(self, target: _Node, items: Sequence[_Sketch]) -> None:
         if len(items) % 2:
             raise self.refuse("gives a dict a key without a value")
         # keys() for the keys, then contain() for all: the common case
@@ -633,8 +646,7 @@ class _Checker:
 
     def op_additems(self) -> None:
         items = self.pop_mark()
-        target = self.top()
-        self.mutable(target, _SET, "adds to")
+        target = self.mutable(self.top(), _SET, "adds to")
         self.keys(target, items)
         self.contain(target, items)
 
@@ -676,7 +688,7 @@ class _Checker:
         node = self.memo[index] if index < len(self.memo) else None
         if node is None:
             raise self.refuse(f"refers to memo entry {index}, which was never made")
-        if node.kind in _MUTABLE:
+        if isinstance(node, _Node) and node.kind in _MUTABLE:
             node.frozen = True
         self.stack.append(node)
 
@@ -720,10 +732,10 @@ class _Checker:
             raise self.refuse("calls with arguments that are not a short tuple")
         self.stack.append(self.call(function.value, arguments.value, arguments))
 
-    def call(self, function: Any, arguments: list[_Node], packed: _Node) -> _Node:
+    def call(self, function: Any, arguments: list[_Sketch], packed: _Sketch) -> _Node:
         kinds = [argument.kind for argument in arguments]
         name = getattr(function, "__name__", "?")
-        if function is copyreg._reconstructor:
+        if function is _RECONSTRUCTOR:
             # _reconstructor(cls, object, None): object.__new__(cls).
             cls = arguments[0].value if kinds and kinds[0] == _GLOBAL else None
             if (
@@ -770,7 +782,9 @@ class _Checker:
     def op_build(self) -> None:
         state = self.pop()
         target = self.top()
-        if target.kind != _INSTANCE:
+        # No _Scalar is ever an instance: as in mutable(), the isinstance()
+        # is for the type checker.
+        if target.kind != _INSTANCE or isinstance(target, _Scalar):
             raise self.refuse(f"sets the state of {_describe(target)}")
         if target.value is _POLICY:
             raise self.refuse("sets the state of an email policy")
@@ -791,7 +805,7 @@ class _Checker:
             raise self.refuse(f"is truncated (a frame of {size:,} bytes)")
 
 
-def _describe(node: _Node) -> str:
+def _describe(node: _Sketch) -> str:
     if node.kind == _GLOBAL:
         return getattr(node.value, "__name__", "a global")
     if node.kind == _INSTANCE:
@@ -1001,7 +1015,7 @@ def _visit_plain(obj: Any, depth: int, budget: list[int]) -> None:
 
 def _str_keyed(mapping: dict[Any, Any]) -> list[Any]:
     # Keys and values, in turn; only string keys are plain.
-    items = []
+    items: list[Any] = []
     for key, value in mapping.items():
         if type(key) is not str:
             raise _NotPlain

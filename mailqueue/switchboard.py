@@ -111,7 +111,7 @@ class Switchboard:
         self._reported: set[str] = set()
         self._owner_lock: int | None = None
         self._prefer_lock: int | None = None
-        self._closers: dict[int, weakref.finalize] = {}
+        self._closers: dict[int, weakref.finalize[[int], Switchboard]] = {}
         self.recovered = 0
         self._spares = qfile.SparePool(queue_directory)
         #: The sizes of the entries this switchboard dequeued and has not

@@ -31,3 +31,15 @@ def test_the_five_minute_walk_through(tmp_path):
     assert any(
         re.fullmatch(r"mailqueue master \(pid \d+\) stopped", line) for line in lines
     )
+
+
+def test_the_docs_quick_start_shows_the_same_walk_through():
+    readme = (ROOT / "README.md").read_text()
+    [block] = re.findall(r"<!-- walkthrough:.*?-->\n```sh\n(.*?)```", readme, re.S)
+    index = (ROOT / "docs" / "index.rst").read_text()
+    [shown] = re.findall(
+        r"\.\. walkthrough:.*?\n\n\.\. code-block:: sh\n\n(.*?)\n\n\S", index, re.S
+    )
+    assert [line.removeprefix("    ") for line in shown.splitlines()] == (
+        block.splitlines()
+    )

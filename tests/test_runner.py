@@ -3,6 +3,7 @@
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -38,7 +39,13 @@ def post(queue, mlist, subject):
 
 @pytest.fixture
 def restore_signals():
-    signums = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+    signums = (
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGUSR1,
+        signal.SIGHUP,
+        signal.SIGUSR2,
+    )
     saved = {signum: signal.getsignal(signum) for signum in signums}
     yield
     for signum, handler in saved.items():
@@ -74,14 +81,17 @@ def test_a_signal_during_an_entry(mlist, restore_signals, signum, disposed, stat
     assert queue.get_files(".bak") == []
 
 
+@pytest.mark.timeout(15)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_a_stop_signal_wakes_a_sleeping_runner(mlist, restore_signals, signum):
     config.push("sleepy", "[runner.sleepy]\nsleep_time: 1m\n")
     runner = Runner("sleepy")
     runner.set_signals()
     threading.Timer(0.1, os.kill, (os.getpid(), signum)).start()
-    runner.run()  # would take a minute per pass without the signal
+    started = time.monotonic()
+    runner.run()  # would sleep out its minute if the signal did not cut it short
     assert runner.status == signum
+    assert time.monotonic() - started < 10
 
 
 def test_stray_files_do_not_stop_a_running_runner(mlist):

@@ -178,3 +178,15 @@ def test_plain_is_only_what_the_rules_cover():
     assert not safepickle.is_plain(heavy, len(pickle.dumps(heavy, 4)))
     with pytest.raises(safepickle.PickleRefused, match="expand"):
         safepickle.check(pickle.dumps(heavy, 4))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_bytearray_referenced_twice_is_checked_like_any_other(protocol):
+    # Protocol 5 has its own opcode for a bytearray; the checker once took
+    # what it makes for a scalar, and a second reference to it raised
+    # AttributeError from inside the checker instead of an answer.
+    shared = bytearray(b"x")
+    data = pickle.dumps([shared, shared], protocol=protocol)
+    safepickle.check(data)
+    loaded = safepickle.load(data)
+    assert loaded == [shared, shared] and loaded[0] is loaded[1]

@@ -10,7 +10,7 @@ conformance report (see :mod:`mailqueue.conformance.report`).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,6 +31,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the spec against this implementation's adapter: mailqueue "
         "(the default), mailman, an entry point of mailqueue.adapters, or "
         "package.module[:attribute]; also writes a conformance report",
+    )
+    parser.addoption(
+        "--report-dir",
+        default=None,
+        metavar="DIR",
+        help="where the conformance report goes (default: "
+        "build/conformance/IMPLEMENTATION)",
     )
 
 
@@ -60,7 +67,8 @@ def pytest_collection_modifyitems(
     from mailqueue.conformance.spec import SpecDocument
 
     is_spec: dict[str, bool] = {}
-    kept, dropped = [], []
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
     for item in items:
         path = getattr(getattr(item, "example", None), "path", None)
         if path is not None and path not in is_spec:
@@ -102,7 +110,13 @@ def document_setup(namespace: dict[str, Any]) -> None:
     implementation = SimpleNamespace(**_adapter.namespace())
     real_import = builtins.__import__
 
-    def redirecting_import(name, globals=None, locals=None, fromlist=(), level=0):
+    def redirecting_import(
+        name: str,
+        globals: Mapping[str, object] | None = None,
+        locals: Mapping[str, object] | None = None,
+        fromlist: Sequence[str] = (),
+        level: int = 0,
+    ) -> object:
         if level == 0 and name == "mailqueue":
             return implementation
         return real_import(name, globals, locals, fromlist, level)

@@ -5,7 +5,8 @@ failed (ran, and showed other output) and errored (could not run), by
 requirement level.  It shows each failure with its example, what the spec
 expects and what the implementation gave, and whether the adapter lists it
 as a known divergence.  It writes ``report.json`` (and pytest writes
-``junit.xml``) under ``build/conformance/<implementation>/``, and ends with
+``junit.xml``) under ``build/conformance/<implementation>/`` (or the
+directory ``--report-dir`` names), and ends with
 the line ``N passed, N failed``.
 
 The run succeeds when every failure is a known divergence and every known
@@ -60,7 +61,7 @@ class ExampleResult:
 
 @dataclass
 class _Tally:
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
 
     def line(self) -> str:
         return ", ".join(
@@ -75,7 +76,12 @@ class ConformanceReport:
 
     def __init__(self, adapter: Adapter, config: pytest.Config) -> None:
         self.adapter = adapter
-        self.directory = Path(config.rootpath, "build", "conformance", adapter.name)
+        chosen = config.getoption("--report-dir")
+        self.directory = (
+            Path(chosen)
+            if chosen
+            else Path(config.rootpath, "build", "conformance", adapter.name)
+        )
         self.directory.mkdir(parents=True, exist_ok=True)
         if not config.option.xmlpath:
             config.option.xmlpath = str(self.directory / "junit.xml")
@@ -87,7 +93,7 @@ class ConformanceReport:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # After deselection: only what runs is reported.
         documents: dict[str, SpecDocument] = {}
-        seen: Counter = Counter()
+        seen: Counter[tuple[str, str, str]] = Counter()
         for item in session.items:
             example = getattr(item, "example", None)
             if example is None:
