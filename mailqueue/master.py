@@ -155,7 +155,7 @@ def start_master(command: list[str], timeout: float = 30) -> int:
     lock: from then on ``master_pid()`` names it.  Its output goes to
     ``$LOG_DIR/master.out``.  Raise :exc:`MasterError` if a master runs
     already, if the new one exits at once, or if it is not up in *timeout*
-    seconds.
+    seconds (then it is killed).
     """
     running = master_pid()
     if running is not None:
@@ -186,6 +186,10 @@ def start_master(command: list[str], timeout: float = 30) -> int:
                 f"{os.waitstatus_to_exitcode(status)}); see {output_path}"
             )
         if time.monotonic() > deadline:
+            # Not up, so it started no runner: it must not come up later,
+            # after this said it failed.
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
             raise MasterError(
                 f"the master (pid {pid}) did not start within {timeout:g} s"
             )

@@ -4,10 +4,13 @@ import collections
 import mailbox
 import os
 import signal
+import sys
 
+import pytest
 from sites import process_gone, wait_for  # this directory is on sys.path
 
 from mailqueue import config, create_list, message_from_string
+from mailqueue.master import MasterError, signal_master, start_master, stop_master
 from mailqueue.runners import maildir
 
 MESSAGES = 1000
@@ -154,3 +157,20 @@ def test_a_second_master_is_refused_and_signals_reach_the_runners(site):
         "the restarted runner",
     )
     assert site.status()["runners"]["in:0:1"]["restarts"] == 0
+
+
+def test_the_master_functions_say_what_went_wrong(var_dir, tmp_path):
+    # What the command's start, stop, reopen and restart stand on, called
+    # directly: each failure is a MasterError that says why.
+    with pytest.raises(MasterError, match="no master is running on "):
+        signal_master(signal.SIGHUP)
+    with pytest.raises(MasterError, match="no master is running on "):
+        stop_master(1)
+    # A command that is not a master: it exits at once.
+    with pytest.raises(MasterError, match=r"the master exited at once \(status 3\)"):
+        start_master([sys.executable, "-c", "import sys; sys.exit(3)"])
+    # One that never takes the lock: not up in time, and not left behind.
+    with pytest.raises(MasterError, match=r"did not start within 0.5 s") as failed:
+        start_master([sys.executable, "-c", "import time; time.sleep(60)"], 0.5)
+    pid = int(str(failed.value).split("pid ")[1].split(")")[0])
+    assert process_gone(pid)
