@@ -9,7 +9,7 @@ fixtures, the only names a document may use without importing them:
 ``create_list``
     :func:`mailqueue.create_list`;
 ``dump_msgdata``
-    :func:`mailqueue.testing.dump_msgdata`, which prints metadata sorted and aligned;
+    :func:`mailqueue.queuetools.dump_msgdata`, which prints metadata sorted and aligned;
 ``message_from_string``
     :func:`mailqueue.message_from_string`;
 ``subscribe``

@@ -1,9 +1,9 @@
 """What the narrative documents and the tests use besides the public API.
 
-:func:`dump_msgdata` prints metadata the way the documents show it,
 :func:`isolated_state` gives a block of code a fresh, private var directory,
 :class:`LogCapture` shows what was logged, and :func:`subscribe` adds a
-member to a list.
+member to a list.  (The documents' ``dump_msgdata`` is
+:func:`mailqueue.queuetools.dump_msgdata`.)
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from collections.abc import Iterator
 
 from mailqueue.configuration import Configuration, config
 from mailqueue.lists import MailingList
-from mailqueue.queuetools import dump_msgdata  # the documents' name for it
 
-__all__ = ["LogCapture", "dump_msgdata", "isolated_state", "subscribe"]
+__all__ = ["LogCapture", "isolated_state", "subscribe"]
 
 
 @contextlib.contextmanager

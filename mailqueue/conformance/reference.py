@@ -8,7 +8,8 @@ from typing import Any
 
 import mailqueue
 from mailqueue.conformance.adapter import Adapter
-from mailqueue.testing import LogCapture, dump_msgdata, isolated_state, subscribe
+from mailqueue.queuetools import dump_msgdata
+from mailqueue.testing import LogCapture, isolated_state, subscribe
 
 __all__ = ["ReferenceAdapter"]
 
