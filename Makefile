@@ -94,11 +94,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Branch coverage of mailqueue/ in every process the tests start: the spec
-# and the tests, then the spec against GNU Mailman (its adapter's code), combined.
+# and the tests, the spec with its lists in PostgreSQL, then the spec against
+# GNU Mailman (its adapter's code), combined.
 # The directory is open to all: one test runs the command as nobody.
-coverage: $(STAMP)
+coverage: $(STAMP) postgresql-server
 	rm -rf build/coverage && mkdir -p build/coverage && chmod 1777 build/coverage
 	$(BIN)/coverage run -m pytest -q -p no:cacheprovider
+	$(BIN)/python tests/servers.py postgresql -- \
+		$(BIN)/coverage run -m pytest -q -p no:cacheprovider docs tests/test_lists.py
 	-$(BIN)/coverage run -m pytest docs -q --tb=no -p no:cacheprovider \
 		-W ignore::DeprecationWarning --implementation=mailman \
 		--report-dir=build/coverage/conformance-mailman > /dev/null
