@@ -450,71 +450,14 @@ def _jsonable(value: Any) -> Any:
     _arg("--discard", action="store_true", help="delete the shunted messages instead"),
 )
 def _unshunt(arguments: argparse.Namespace, config_file: str | None) -> int:
-    shunt = config.switchboards["shunt"]
-    # As Mailman's does: entries an earlier unshunt was killed in the middle
-    # of (.bak files) go back to the shunt queue first.
-    recovering = config.switchboards.make("shunt", recover=True)
-    del recovering
     status = 0
-    for filebase in shunt.files:
-        try:
-            msg, msgdata = shunt.dequeue(filebase)
-        except FileNotFoundError:
-            continue  # taken by another process
-        except qfile.QueueFileError as error:
-            # One bad entry does not stop the others: it goes to bad.
-            shunt.finish(filebase, preserve=True)
-            print(f"mailqueue: error: {error}; moved to bad", file=sys.stderr)
+    for done in queuetools.unshunt(discard=arguments.discard):
+        if done.ok:
+            print(done.text)
+        else:
+            print(f"mailqueue: error: {done.text}", file=sys.stderr)
             status = 1
-            continue
-        if arguments.discard:
-            shunt.finish(filebase)
-            print(f"discarded {filebase}")
-            continue
-        target = msgdata.pop("whichq", None)
-        known = isinstance(target, str) and target in config.switchboards
-        try:
-            if not known or target in ("shunt", "bad"):
-                # Nowhere to send it: it stays in shunt, under a new file base.
-                shunt.enqueue(msg, msgdata, whichq=target)
-                shunt.finish(filebase)
-                print(
-                    f"mailqueue: error: {filebase} names no queue to go back to "
-                    f"(whichq {target!r:.80}); left in shunt",
-                    file=sys.stderr,
-                )
-                status = 1
-                continue
-            new_filebase = config.switchboards[target].enqueue(msg, msgdata)
-        except (TypeError, ValueError) as error:
-            # What a queue file held that cannot be queued again.
-            shunt.finish(filebase, preserve=True)
-            print(
-                f"mailqueue: error: {filebase}: {error}; moved to bad", file=sys.stderr
-            )
-            status = 1
-            continue
-        shunt.finish(filebase)
-        print(f"moved {filebase} to {target} as {new_filebase}")
     return status
-
-
-def _queue_counts() -> dict[str, dict[str, int]]:
-    counts = {}
-    for name in sorted(config.switchboards):
-        path = config.runners[name].path
-        if path is None or not os.path.isdir(path):
-            # Counting creates nothing: a queue never used has no entries.
-            counts[name] = {"pck": 0, "bak": 0, "psv": 0, "tmp": 0}
-            continue
-        queue = config.switchboards[name]
-        counts[name] = {
-            extension[1:]: len(queue.get_files(extension))
-            for extension in (".pck", ".bak", ".psv")
-        }
-        # Entries being written, or left by a writer that died.
-        counts[name]["tmp"] = len(queue.get_temporary_files())
-    return counts
 
 
 @_command(
@@ -539,7 +482,11 @@ def _queues(arguments: argparse.Namespace, config_file: str | None) -> int:
         while True:
             if arguments.json:
                 # One JSON document a line, for a program to read as it comes.
-                print(json.dumps({"time": time.time(), "queues": _queue_counts()}))
+                print(
+                    json.dumps(
+                        {"time": time.time(), "queues": queuetools.queue_counts()}
+                    )
+                )
             else:
                 frame = io.StringIO()
                 with contextlib.redirect_stdout(frame):
@@ -561,7 +508,7 @@ def _queues(arguments: argparse.Namespace, config_file: str | None) -> int:
 
 
 def _print_queues(as_json: bool) -> None:
-    counts = _queue_counts()
+    counts = queuetools.queue_counts()
     if as_json:
         print(json.dumps(counts, indent=2))
         return

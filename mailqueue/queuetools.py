@@ -21,7 +21,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +32,17 @@ from mailqueue.errors import MailqueueError
 __all__ = [
     "EntryError",
     "QueueEntry",
+    "Unshunted",
     "age",
     "delete",
     "dump_msgdata",
     "hold",
     "hold_directory",
     "list_entries",
+    "queue_counts",
     "release",
     "requeue",
+    "unshunt",
 ]
 
 alog = logging.getLogger("mailqueue.admin")
@@ -225,3 +228,88 @@ def age(entry: QueueEntry, now: float | None = None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+# Counting, and unshunting ----------------------------------------------------
+
+
+def queue_counts() -> dict[str, dict[str, int]]:
+    """Each queue's entries by extension: ``pck``, ``bak``, ``psv`` and ``tmp``.
+
+    Counting creates nothing: a queue whose directory is not there has none.
+    """
+    counts = {}
+    for name in sorted(config.switchboards):
+        path = config.runners[name].path
+        if path is None or not os.path.isdir(path):
+            counts[name] = {"pck": 0, "bak": 0, "psv": 0, "tmp": 0}
+            continue
+        queue = config.switchboards[name]
+        counts[name] = {
+            extension[1:]: len(queue.get_files(extension))
+            for extension in (".pck", ".bak", ".psv")
+        }
+        # Entries being written, or left by a writer that died.
+        counts[name]["tmp"] = len(queue.get_temporary_files())
+    return counts
+
+
+@dataclass(frozen=True)
+class Unshunted:
+    """What :func:`unshunt` did with one entry, said in one line."""
+
+    filebase: str
+    #: False if the entry could not go back (it was left, or moved to bad).
+    ok: bool
+    text: str
+
+
+def unshunt(discard: bool = False) -> Iterator[Unshunted]:
+    """Move every shunted entry back to the queue it came from (its ``whichq``).
+
+    With *discard*, delete them instead.  An entry that cannot be read, or
+    cannot be queued again, is preserved in ``bad``; one that names no queue
+    to go back to stays in ``shunt``; the others go on.
+    """
+    shunt = config.switchboards["shunt"]
+    # As Mailman's does: entries an earlier unshunt was killed in the middle
+    # of (.bak files) go back to the shunt queue first.
+    recovering = config.switchboards.make("shunt", recover=True)
+    del recovering
+    for filebase in shunt.files:
+        try:
+            msg, msgdata = shunt.dequeue(filebase)
+        except FileNotFoundError:
+            continue  # taken by another process
+        except qfile.QueueFileError as error:
+            shunt.finish(filebase, preserve=True)
+            yield Unshunted(filebase, False, f"{error}; moved to bad")
+            continue
+        if discard:
+            shunt.finish(filebase)
+            yield Unshunted(filebase, True, f"discarded {filebase}")
+            continue
+        target = msgdata.pop("whichq", None)
+        known = isinstance(target, str) and target in config.switchboards
+        try:
+            if not known or target in ("shunt", "bad"):
+                # Nowhere to send it: it stays in shunt, under a new file base.
+                shunt.enqueue(msg, msgdata, whichq=target)
+                shunt.finish(filebase)
+                yield Unshunted(
+                    filebase,
+                    False,
+                    f"{filebase} names no queue to go back to "
+                    f"(whichq {target!r:.80}); left in shunt",
+                )
+                continue
+            new_filebase = config.switchboards[target].enqueue(msg, msgdata)
+        except (TypeError, ValueError) as error:
+            # What a queue file held that cannot be queued again.
+            shunt.finish(filebase, preserve=True)
+            yield Unshunted(filebase, False, f"{filebase}: {error}; moved to bad")
+            continue
+        shunt.finish(filebase)
+        yield Unshunted(
+            filebase, True, f"moved {filebase} to {target} as {new_filebase}"
+        )
