@@ -2,6 +2,7 @@
 
 import email.message
 import errno
+import fcntl
 import os
 import pickle
 import sys
@@ -17,6 +18,7 @@ from mailqueue import (
     message_from_string,
     qfile,
 )
+from mailqueue.switchboard import slice_owner
 
 TEXT = "From: aperson@example.com\nTo: test@example.com\nSubject: hi\n\nHello.\n"
 
@@ -224,3 +226,67 @@ def test_a_switchboard_made_by_hand_preserves_beside_its_queue(tmp_path):
     filebase = queue.enqueue(message_from_string("Subject: x\n\nx\n"))
     queue.finish(filebase, preserve=True)
     assert os.listdir(tmp_path / "queues" / "bad") == [filebase + ".psv"]
+
+
+def test_ownership_and_preference_asked_twice(queue):
+    assert queue.take_ownership() and queue.take_ownership()
+    queue.release_ownership()
+    queue.release_ownership()  # not the owner now: nothing to let go of
+    assert not queue.owner
+    assert queue.claim_preference() and queue.claim_preference()
+    assert not queue.preferred_elsewhere()  # it is this switchboard's own
+
+
+@pytest.mark.parametrize(
+    ("written", "owner"),
+    [
+        ("{host} notapid", None),  # not a pid: names nobody
+        ("{host} 999999999", None),  # a process of this host that is gone
+        ("elsewhere 123", ("elsewhere", 123)),  # another host's: believed
+    ],
+)
+def test_what_a_held_owner_file_says(queue, written, owner):
+    # A lock held through another open file of this process is held as
+    # another process's would be.
+    with open(queue.owner_file, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(written.format(host=queue.host))
+        held.flush()
+        assert slice_owner(queue.queue_directory, host=queue.host) == owner
+
+
+def test_metadata_keys_must_be_text(queue):
+    with pytest.raises(TypeError, match="a key that is not text: 1"):
+        queue.enqueue(message_from_string(TEXT), {1: "one"})
+
+
+@pytest.mark.parametrize(
+    ("stored", "metadata", "refusal"),
+    [
+        ("message", {"_parsemsg": True}, "_parsemsg set, but not text"),
+        ("text", {}, "text stored without _parsemsg"),
+    ],
+)
+def test_text_and_parsemsg_go_together(queue, stored, metadata, refusal):
+    msg = message_from_string(TEXT) if stored == "message" else TEXT
+    filebase = write_entry(queue, pickle.dumps(msg) + pickle.dumps(metadata))
+    with pytest.raises(QueueFileError, match=refusal):
+        queue.dequeue(filebase)
+
+
+def test_what_read_file_and_parse_entry_refuse(queue, tmp_path):
+    assert qfile.parse_filebase("not-a-file-base") is None
+    with pytest.raises(QueueFileError, match="not a regular file"):
+        qfile.read_file(str(tmp_path))
+    big = tmp_path / "big.pck"
+    big.write_bytes(b"x" * 100)
+    with pytest.raises(QueueFileError, match="100 bytes, more than the limit of 10"):
+        qfile.read_file(str(big), max_size=10)
+    msg = pickle.dumps(message_from_string(TEXT))
+    for data, refusal in (
+        (msg + pickle.dumps({}) + b"more", "4 bytes follow the metadata"),
+        (pickle.dumps(1) + pickle.dumps({}), "the message is not a message"),
+        (msg + pickle.dumps({"_parsemsg": "yes"}), "_parsemsg is not a flag"),
+    ):
+        with pytest.raises(QueueFileError, match=refusal):
+            qfile.parse_entry(data, "entry.pck")
