@@ -337,3 +337,59 @@ def test_a_bug_keeps_its_traceback(var_dir, monkeypatch):
     monkeypatch.setattr("mailqueue.queuetools.list_entries", broken)
     with pytest.raises(ValueError, match="a bug"):
         main(["list"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["stop", "--timeout", "soon"], "not a positive number of seconds: 'soon'"),
+        (["stop", "--timeout", "0"], "not a positive number of seconds: '0'"),
+        (["delete", "--older-than", "xm"], "not a duration such as 15m: 'xm'"),
+        (["delete", "--older-than", "0s"], "not a duration such as 15m: '0s'"),
+    ],
+)
+def test_a_bad_number_on_the_command_line_is_a_usage_error(capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit:
+        main(arguments)
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_message_whose_header_ends_early_is_named_by_its_line(
+    capsys, mlist, tmp_path
+):
+    # A blank line ends the header: what follows is the body, whatever it is.
+    body = tmp_path / "body.eml"
+    body.write_text("Subject: hi\n\nnot: a header, but the body\n")
+    assert run(capsys, "inject", "-l", "test@example.com", str(body))[0] == 0
+    broken = tmp_path / "broken.eml"
+    broken.write_text("Subject: hi\nthis is no header field\n\nbody\n")
+    status, _, err = run(capsys, "inject", "-l", "test@example.com", str(broken))
+    assert (status, err) == (
+        1,
+        f"mailqueue: error: {broken}, line 2: not a header field: "
+        "'this is no header field'\n",
+    )
+
+
+def test_qfile_shows_any_metadata_as_json(capsys, mlist):
+    queue = config.switchboards["in"]
+    filebase = queue.enqueue(
+        message_from_string("Subject: hi\n\nHi.\n"),
+        listid=mlist.list_id,
+        pair=(1, "two"),
+        tags={"b", "a"},
+        when=None,
+        raw=b"\x00",
+    )
+    status, out, _ = run(capsys, "qfile", "--json", filebase)
+    assert status == 0
+    [shown] = json.loads(out)
+    assert shown["metadata"]["pair"] == [1, "two"]
+    assert shown["metadata"]["tags"] == ["a", "b"]
+    assert shown["metadata"]["when"] is None
+    assert shown["metadata"]["raw"] == "b'\\x00'"
+    # A file base no queue holds is taken as a path, and is not there.
+    status, _, err = run(capsys, "qfile", "1700000000.0+" + "f" * 40)
+    assert status == 1
+    assert err == f"mailqueue: error: no such file: 1700000000.0+{'f' * 40}\n"
