@@ -76,6 +76,10 @@ def _configuration(path: str | None) -> Iterator[None]:
         raise CommandError(
             f"cannot read the configuration {path}: {error.strerror}"
         ) from None
+    except UnicodeDecodeError as error:
+        raise CommandError(
+            f"the configuration {path} is not UTF-8 text (byte {error.start:,})"
+        ) from None
     layer = f"config file {os.path.abspath(path)}"
     config.push(layer, text)
     try:

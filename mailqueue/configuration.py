@@ -403,6 +403,12 @@ def _parse(name: str, text: str) -> _Layer:
             lines.setdefault((section, match["key"].strip().lower()), number)
     layer = _Layer(name, {s: dict(parser[s]) for s in parser.sections()}, lines)
     for section, values in layer.sections.items():
+        for key, value in values.items():
+            if "\0" in value:
+                # No path, name or URL has one, and the system refuses it.
+                raise ConfigurationError(
+                    f"{layer.where(section, key)}: [{section}] {key} holds a NUL"
+                )
         if section.startswith("runner.") and len(section) > len("runner."):
             known = set(RUNNER_DEFAULTS)
         elif section in SECTION_KEYS:

@@ -215,20 +215,26 @@ class ListManager:
 
     def get(self, fqdn_listname: str) -> MailingList | None:
         """The list with posting address *fqdn_listname*, or None."""
+        name = str(fqdn_listname).lower()
+        if _POSTING_ADDRESS.fullmatch(name) is None:
+            return None  # no list has such a name (nor need the database see it)
         return self._make(
             self._query(
                 "SELECT fqdn_listname, preferred_language FROM lists"
                 " WHERE fqdn_listname = ?",
-                (str(fqdn_listname).lower(),),
+                (name,),
             ).fetchone()
         )
 
     def get_by_list_id(self, list_id: str) -> MailingList | None:
         """The list with list-id *list_id*, or None."""
+        list_id = str(list_id).lower()
+        if len(list_id) > 255 or _LIST_ID.fullmatch(list_id) is None:
+            return None  # no list has such a list-id
         return self._make(
             self._query(
                 "SELECT fqdn_listname, preferred_language FROM lists WHERE list_id = ?",
-                (str(list_id).lower(),),
+                (list_id,),
             ).fetchone()
         )
 

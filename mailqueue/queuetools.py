@@ -11,7 +11,7 @@ fails, and the entry is left to it.
 Held entries wait in ``$QUEUE_DIR/hold/<queue>/``, where no runner looks;
 the directory remembers the queue that releasing them puts them back in.
 Listing reads every entry with the safe loader and creates nothing;
-:func:`dump_msgdata` prints an entry's metadata as ``mailqueue show`` and
+:func:`dump_msgdata` prints an entry's metadata as ``mailqueue qfile`` and
 the documents do.
 """
 

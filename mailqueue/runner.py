@@ -127,8 +127,11 @@ class Runner:
         """
         board = self.switchboard
         if board is not None and not board.owned_here:
+            where = self.name
+            if board.slice is not None:
+                where += f":{board.slice}:{board.numslices}"
             raise RunnerError(
-                f"{self.name}: its slice is owned by {board.owner_id()}; "
+                f"{where}: its slice is owned by {board.owner_id()}; "
                 "not taking its entries"
             )
         try:

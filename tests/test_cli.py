@@ -393,3 +393,21 @@ def test_qfile_shows_any_metadata_as_json(capsys, mlist):
     status, _, err = run(capsys, "qfile", "1700000000.0+" + "f" * 40)
     assert status == 1
     assert err == f"mailqueue: error: no such file: 1700000000.0+{'f' * 40}\n"
+
+
+def test_odd_bytes_in_a_configuration_or_a_name_are_one_line(capsys, mlist, tmp_path):
+    latin = tmp_path / "latin.cfg"
+    latin.write_bytes(b"# caf\xe9\n")
+    nul = tmp_path / "nul.cfg"
+    nul.write_bytes(b"[paths]\nvar_dir: /x\x00y\n")
+    for arguments, message in (
+        (["-C", str(latin), "list"], f"the configuration {latin} is not UTF-8 text"),
+        (["-C", str(nul), "list"], "line 2: [paths] var_dir holds a NUL"),
+        # A name from a shell that is not UTF-8 names no list.
+        (["lists", "delete", "\udcff@example.com"], "no list is called"),
+        (["inject", "-l", "\udcff", "/dev/null"], "no list is called"),
+    ):
+        status, _, err = run(capsys, *arguments)
+        assert status == 1, arguments
+        assert err.startswith("mailqueue: error: ") and message in err, err
+        assert len(err.splitlines()) == 1

@@ -174,3 +174,16 @@ def test_the_master_functions_say_what_went_wrong(var_dir, tmp_path):
         start_master([sys.executable, "-c", "import time; time.sleep(60)"], 0.5)
     pid = int(str(failed.value).split("pid ")[1].split(")")[0])
     assert process_gone(pid)
+
+
+def test_a_signal_just_after_start_waits_for_the_masters_handler(site):
+    # start_master returns once the master holds its lock, a moment before
+    # its handlers are in place: a SIGHUP then (``mailqueue start &&
+    # mailqueue reopen``) once killed it.  Now it waits, and is handled.
+    site = site("[runner.out]\nstart: no\n")
+    command = [sys.executable, "-m", "mailqueue", "-C", site.config_file]
+    master = start_master(command)
+    assert signal_master(signal.SIGHUP) == master
+    wait_for(lambda: "started runner in:0:1" in site.log("runner.log"), 30, "in")
+    assert not process_gone(master)
+    assert stop_master(30) == master
