@@ -10,6 +10,7 @@ import pytest
 from sites import process_gone, wait_for  # this directory is on sys.path
 
 from mailqueue import config, create_list, message_from_string
+from mailqueue.master import SIGNALS as MASTER_SIGNALS
 from mailqueue.master import MasterError, signal_master, start_master, stop_master
 from mailqueue.runners import maildir
 
@@ -187,3 +188,19 @@ def test_a_signal_just_after_start_waits_for_the_masters_handler(site):
     wait_for(lambda: "started runner in:0:1" in site.log("runner.log"), 30, "in")
     assert not process_gone(master)
     assert stop_master(30) == master
+
+
+def test_a_master_starts_with_its_signals_blocked(var_dir, tmp_path):
+    # What makes the test above hold whatever the timing: the new process
+    # starts with the master's signals blocked (it unblocks them once it
+    # handles them).  A stand-in for the master reports its mask and exits.
+    report = tmp_path / "mask"
+    stand_in = (
+        "import signal, sys\n"
+        "blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
+        f"open({str(report)!r}, 'w').write(' '.join(sorted(s.name for s in blocked)))\n"
+        "sys.exit(3)\n"
+    )
+    with pytest.raises(MasterError, match="exited at once"):
+        start_master([sys.executable, "-c", stand_in])
+    assert set(report.read_text().split()) >= {s.name for s in MASTER_SIGNALS}
