@@ -306,9 +306,12 @@ def test_out_never_delivers_outside_the_var_dir(var_dir, tmp_path):
     escaped = f"../../../..{tmp_path}/escaped@example.com"
     with sqlite3.connect(Path(config.DATA_DIR, "lists.sqlite3")) as database:
         database.execute("UPDATE lists SET fqdn_listname = ?", (escaped,))
-    assert config.lists.get(escaped) is not None
+    # Looked up by that name, it is no list at all ...
+    assert config.lists.get(escaped) is None
+    # ... but its list-id still finds it, with the path for a name.
+    assert config.lists.get_by_list_id("test.example.com").fqdn_listname == escaped
     config.switchboards["out"].enqueue(
-        message_from_string("Subject: out\n\nHi.\n"), listname=escaped
+        message_from_string("Subject: out\n\nHi.\n"), listid="test.example.com"
     )
     OutgoingRunner("out")._one_iteration()
     assert not (tmp_path / "escaped.example.com").exists()
