@@ -66,3 +66,19 @@ def test_a_database_server_that_is_not_there_is_one_line(var_dir):
     message = str(caught.value)
     assert message.startswith(f"the list database postgresql://127.0.0.1:{port}/")
     assert "secret" not in message
+
+
+def test_a_list_as_a_value_and_a_database_by_its_path(var_dir, tmp_path):
+    mlist = create_list("test@example.com")
+    assert repr(mlist) == "<MailingList test@example.com>"
+    assert {mlist, config.lists.get("test@example.com")} == {mlist}
+    # A bare path is an SQLite file.
+    bare = ListManager(str(tmp_path / "bare.sqlite3"))
+    try:
+        assert bare.path == str(tmp_path / "bare.sqlite3")
+        assert bare.get("test@example.com") is None
+    finally:
+        bare.close()
+    # One that cannot be opened says where, in one line.
+    with pytest.raises(OSError, match=f"the list database {tmp_path}: "):
+        ListManager(f"sqlite:///{tmp_path}")

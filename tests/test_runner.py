@@ -1,5 +1,6 @@
 """Runner behaviour beyond the narrative: every stop signal, stray files, slices."""
 
+import fcntl
 import os
 import signal
 import threading
@@ -8,6 +9,8 @@ import time
 import pytest
 
 from mailqueue import Runner, config, create_list, message_from_string
+from mailqueue.configuration import ConfigurationError
+from mailqueue.runner import RunnerError
 
 
 class Recorder(Runner):
@@ -154,3 +157,25 @@ def test_bad_runner_settings_are_refused_with_the_key_named(var_dir, section, me
 def test_an_unknown_runner_is_a_clear_error(var_dir):
     with pytest.raises(ValueError, match=r"no \[runner.nosuch\] section"):
         Runner("nosuch")
+
+
+def test_a_queue_runner_needs_a_path(var_dir):
+    config.push("pathless", "[runner.pathless]\npath:\n")
+    with pytest.raises(ConfigurationError, match=r"\[runner.pathless\] has no path"):
+        Runner("pathless")
+
+
+def test_a_slice_another_process_owns_is_not_run_once(mlist):
+    config.push("preferring", "[runner.sliced]\nprefer: 1\n")
+    # Held through files this process opened itself, as another process
+    # would hold them: the owner lock, and the preference.
+    first = Runner("sliced", 1)
+    assert first.preferred
+    second = Runner("sliced", 1)
+    assert not second.preferred  # another "process" prefers it already
+    del first, second
+    board = config.switchboards.make("sliced", 1, 2)
+    with open(board.owner_file, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RunnerError, match=r"^sliced:1:2: its slice is owned by"):
+            Runner("sliced", 1).run_once()
