@@ -11,7 +11,13 @@ from sites import process_gone, wait_for  # this directory is on sys.path
 
 from mailqueue import config, create_list, message_from_string
 from mailqueue.master import SIGNALS as MASTER_SIGNALS
-from mailqueue.master import MasterError, signal_master, start_master, stop_master
+from mailqueue.master import (
+    MasterError,
+    master_status,
+    signal_master,
+    start_master,
+    stop_master,
+)
 from mailqueue.runners import maildir
 
 MESSAGES = 1000
@@ -204,3 +210,9 @@ def test_a_master_starts_with_its_signals_blocked(var_dir, tmp_path):
     with pytest.raises(MasterError, match="exited at once"):
         start_master([sys.executable, "-c", stand_in])
     assert set(report.read_text().split()) >= {s.name for s in MASTER_SIGNALS}
+
+
+def test_a_status_file_that_is_not_json_is_no_status(var_dir):
+    with open(os.path.join(var_dir, "master.json"), "w") as stream:
+        stream.write("{half a status")
+    assert master_status() == {}

@@ -290,3 +290,11 @@ def test_what_read_file_and_parse_entry_refuse(queue, tmp_path):
     ):
         with pytest.raises(QueueFileError, match=refusal):
             qfile.parse_entry(data, "entry.pck")
+
+
+def test_a_message_that_cannot_be_written_as_text_is_not_queued(queue):
+    msg = message_from_string(TEXT)
+    msg.set_payload(12345)  # not text: the generator cannot write it out
+    with pytest.raises(TypeError, match="cannot queue this message as text: TypeError"):
+        queue.enqueue(msg, _plaintext=True)
+    assert queue.files == []
