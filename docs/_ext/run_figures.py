@@ -1,9 +1,11 @@
-"""Figures of the last full runs, as tables: ``hostile-run``, ``soak-run``
-and ``bench-run``.
+"""Figures of the last full runs, as tables: ``hostile-run``, ``soak-run``,
+``bench-run``, ``cluster-run`` and ``conformance-matrix``.
 
 They read the JSON reports that ``make fuzz`` (docs/reliability-run.json),
-``make soak`` (docs/soak-run.json) and ``make bench`` (docs/bench-run.json)
-write, so the published figures always come from a real run.
+``make soak`` (docs/soak-run.json), ``make bench`` (docs/bench-run.json),
+``make cluster-test`` (docs/cluster-run.json) and ``make conformance-matrix``
+(docs/conformance-matrix.json) write, so the published figures always come
+from a real run.
 """
 
 import json
@@ -30,15 +32,23 @@ FIGURES = [
 ]
 
 
-class HostileRun(SphinxDirective):
+class _ReportDirective(SphinxDirective):
+    """A directive whose one argument is a JSON report beside the document."""
+
     required_arguments = 1  # the report, relative to this document
 
-    def run(self):
+    def report(self, what: str, command: str) -> dict:
+        """The report, read; the page is rebuilt when it changes."""
         path = Path(self.env.doc2path(self.env.docname)).parent / self.arguments[0]
         if not path.exists():
-            raise self.error(f"no hostile-run report at {path}: run make fuzz")
+            raise self.error(f"no {what} at {path}: run {command}")
         self.env.note_dependency(str(path))
-        report = json.loads(path.read_text())
+        return json.loads(path.read_text())
+
+
+class HostileRun(_ReportDirective):
+    def run(self):
+        report = self.report("hostile-run report", "make fuzz")
         run = report["run"]
         sources = ", ".join(
             f"{count:,} {source}" for source, count in report["by source"].items()
@@ -92,15 +102,9 @@ SOAK_FIGURES = [
 ]
 
 
-class SoakRun(SphinxDirective):
-    required_arguments = 1  # the report, relative to this document
-
+class SoakRun(_ReportDirective):
     def run(self):
-        path = Path(self.env.doc2path(self.env.docname)).parent / self.arguments[0]
-        if not path.exists():
-            raise self.error(f"no soak report at {path}: run make soak")
-        self.env.note_dependency(str(path))
-        report = json.loads(path.read_text())
+        report = self.report("soak report", "make soak")
         run = report["run"]
         lines = [
             f"Run on {run['date']} with Python {run['python']}, mailqueue "
@@ -128,15 +132,9 @@ class SoakRun(SphinxDirective):
         return [container]
 
 
-class BenchRun(SphinxDirective):
-    required_arguments = 1  # the report, relative to this document
-
+class BenchRun(_ReportDirective):
     def run(self):
-        path = Path(self.env.doc2path(self.env.docname)).parent / self.arguments[0]
-        if not path.exists():
-            raise self.error(f"no benchmark report at {path}: run make bench")
-        self.env.note_dependency(str(path))
-        report = json.loads(path.read_text())
+        report = self.report("benchmark report", "make bench")
         machine = report["machine"]
         lines = [
             f"Run on {report.get('date', 'an unrecorded date')}: {machine['system']}, "
@@ -207,17 +205,11 @@ class BenchRun(SphinxDirective):
         return [container]
 
 
-class ClusterRun(SphinxDirective):
+class ClusterRun(_ReportDirective):
     """The figures of the latest ``make cluster-test``, one a row."""
 
-    required_arguments = 1  # the report, relative to this document
-
     def run(self):
-        path = Path(self.env.doc2path(self.env.docname)).parent / self.arguments[0]
-        if not path.exists():
-            raise self.error(f"no cluster-test report at {path}: run make cluster-test")
-        self.env.note_dependency(str(path))
-        report = json.loads(path.read_text())
+        report = self.report("cluster-test report", "make cluster-test")
         lines = [
             f"Run on {report['date']} with Python {report['python']}: "
             f"``{report['command']}``.",
@@ -236,17 +228,11 @@ class ClusterRun(SphinxDirective):
         return [container]
 
 
-class ConformanceMatrix(SphinxDirective):
+class ConformanceMatrix(_ReportDirective):
     """The spec against every GNU Mailman release: ``make conformance-matrix``."""
 
-    required_arguments = 1  # the report, relative to this document
-
     def run(self):
-        path = Path(self.env.doc2path(self.env.docname)).parent / self.arguments[0]
-        if not path.exists():
-            raise self.error(f"no matrix at {path}: run make conformance-matrix")
-        self.env.note_dependency(str(path))
-        report = json.loads(path.read_text())
+        report = self.report("matrix", "make conformance-matrix")
         releases = report["releases"]
         ran = [name for name, result in releases.items() if result["ran"]]
         lines = [
