@@ -361,19 +361,27 @@ def _parse_message(data: bytes, source: str) -> Any:
         raise CommandError(f"{source} is not an RFC 5322 message (no header fields)")
     if headerless:
         # The parser stopped at a line that is neither a header field, nor its
-        # continuation, nor the blank line before the body: name it.
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                break
-            if not (line[:1].isspace() or _HEADER_FIELD.match(line)):
-                raise CommandError(
-                    f"{source}, line {number}: not a header field: {line[:60]!r}"
-                )
+        # continuation, nor the blank line before the body: name it.  Lines are
+        # split and told apart as the parser does (str.splitlines would also
+        # end one at a form feed, str.isspace take any white space for a
+        # continuation), so there always is such a line: the one it stopped
+        # at, or before it one with no field name (":x").
+        number, line = next(
+            (number, line)
+            for number, line in enumerate(_LINE_END.split(text), 1)
+            if not _HEADER_LINE.match(line)
+        )
+        raise CommandError(
+            f"{source}, line {number}: not a header field: {line[:60]!r}"
+        )
     return msg
 
 
-# A field name is printable ASCII but the colon, then the colon (RFC 5322).
-_HEADER_FIELD = re.compile(r"[!-9;-~]+:")
+# The line ends the email parser knows (it reads text with newline="").
+_LINE_END = re.compile(r"\r\n|\r|\n")
+# A header field (its name: printable ASCII but the colon, RFC 5322), a
+# continuation line (space or tab first), or the mbox "From " line.
+_HEADER_LINE = re.compile(r"[!-9;-~]+:|[ \t]|From ")
 
 
 @_command(

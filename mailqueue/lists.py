@@ -92,6 +92,10 @@ class Roster:
 
     def get_member(self, address: str) -> Member | None:
         """The member subscribed with *address* (any case), or None."""
+        if "\0" in address:
+            # No member has one (subscribe refuses it), and PostgreSQL would
+            # refuse to be asked: a sender's NUL must not look like its fault.
+            return None
         row = self._manager._query(
             "SELECT address, preferred_language FROM members"
             " WHERE list_id = ? AND address = ?",
@@ -137,7 +141,13 @@ class MailingList:
         return Roster(self._manager, self.list_id)
 
     def subscribe(self, address: str, preferred_language: str | None = None) -> Member:
-        """Subscribe *address*; its language defaults to the list's."""
+        """Subscribe *address*; its language defaults to the list's.
+
+        Raise :exc:`ValueError` for an address with a NUL character, which
+        no list database can hold alike (PostgreSQL refuses one).
+        """
+        if "\0" in address:
+            raise ValueError(f"not an address: {address!r:.80}")
         code = preferred_language or self.preferred_language.code
         self._manager._query(
             "INSERT INTO members (list_id, address, preferred_language)"

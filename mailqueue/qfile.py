@@ -352,8 +352,6 @@ def read_file(path: str, max_size: int = MAX_ENTRY_SIZE) -> bytes:
                 )
             if len(chunk) < wanted:
                 break  # a regular file reads short only at its end
-    except IsADirectoryError:
-        raise QueueFileError(f"{name}: not a regular file (a directory)") from None
     finally:
         os.close(fd)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -59,6 +59,7 @@ import email.mime.text
 import inspect
 import io
 import pickle
+import pickletools
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -448,8 +449,9 @@ class _Checker:
                 raise self.refuse("is truncated (no STOP)")
             code = data[position]
             # The opcodes that make up most of a message's pickle are checked
-            # here, without a call: the same as their handlers.  An object
-            # made here is memoized at once if MEMOIZE follows.
+            # here, without a call: MEMOIZE and MARK only here, the others as
+            # their handlers would when they can.  An object made here is
+            # memoized at once if MEMOIZE follows.
             if code == 0x94:  # MEMOIZE
                 if len(stack) <= fence:
                     self.opcode = position
@@ -474,16 +476,15 @@ class _Checker:
                     node = None
                 else:
                     # Two scalars (a header's name and value): nothing to
-                    # look into.
+                    # look into, and never over the weight limit.  A scalar
+                    # weighs no more than the bytes that wrote it, so two
+                    # different ones weigh less than the pickle; the same one
+                    # twice was fetched from the memo at least once (DUP is
+                    # refused), by a GET of two bytes or more, and weighs
+                    # less than twice the pickle.
                     node = _Node(
                         _TUPLE, 1 + first.weight + second.weight, [first, second]
                     )
-                    if node.weight > self.max_weight:
-                        self.opcode = position
-                        raise self.refuse(
-                            f"would expand to more than {self.max_weight:,} "
-                            "(its weight limit)"
-                        )
                     node.depth = 1
                     node.odd = (first.kind != _STR and first.kind != _BYTES) + (
                         second.kind != _STR and second.kind != _BYTES
@@ -572,9 +573,6 @@ class _Checker:
 
     # Containers ------------------------------------------------------------
 
-    def op_empty(self, kind: int) -> None:
-        self.push(kind)
-
     def op_tuple_of(self, count: int) -> None:
         self.make_tuple(self.pop_items(count))
 
@@ -652,12 +650,6 @@ class _Checker:
 
     # The stack and the memo ----------------------------------------------
 
-    def op_mark(self) -> None:
-        if len(self.marks) >= MAX_DEPTH:
-            raise self.refuse(f"nests more than {MAX_DEPTH} marks")
-        self.fence = len(self.stack)
-        self.marks.append(self.fence)
-
     def op_pop(self) -> None:
         self.pop()
 
@@ -667,11 +659,6 @@ class _Checker:
     def op_put(self, width: int) -> None:
         index = self.index(self.line()) if width == 0 else self.number(width)
         self.memoize(index)
-
-    def op_memoize(self) -> None:
-        if len(self.stack) <= self.fence:
-            raise self.refuse("looks at an empty stack")
-        self.memo.append(self.stack[-1])
 
     def memoize(self, index: int) -> None:
         # An index far beyond the entries made so far would make the
@@ -823,8 +810,6 @@ _OPCODES_BY_CODE: dict[int, list[Any]] = {}
 
 
 def _opcodes() -> dict[int, Any]:
-    import pickletools
-
     for opcode in pickletools.opcodes:
         _OPCODES_BY_CODE.setdefault(ord(opcode.code), []).append(opcode)
 
@@ -841,8 +826,8 @@ def _opcodes() -> dict[int, Any]:
         return lambda checker: checker.push(kind)
 
     c = _Checker
+    # MARK and MEMOIZE have no handler: _Checker.run() checks them itself.
     table = {
-        b"(": c.op_mark,
         b"0": c.op_pop,
         b"1": c.op_pop_mark,
         b"F": c.op_float,
@@ -887,7 +872,6 @@ def _opcodes() -> dict[int, Any]:
         b"p": lambda checker: checker.op_put(0),
         b"q": lambda checker: checker.op_put(1),
         b"r": lambda checker: checker.op_put(4),
-        b"\x94": c.op_memoize,
         b"g": lambda checker: checker.op_get(0),
         b"h": lambda checker: checker.op_get(1),
         b"j": lambda checker: checker.op_get(4),

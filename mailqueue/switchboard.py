@@ -41,6 +41,10 @@ MAX_BAK_COUNT = 3
 #: far longer than any write takes, so only a dead writer's file is that old.
 STALE_TEMPORARY_AFTER = 3600.0
 
+#: How many dequeued, unfinished entries a switchboard remembers the size of:
+#: a runner that never finishes what it takes must not grow without bound.
+_SIZES_KEPT = 10_000
+
 dlog = logging.getLogger("mailqueue.debug")
 #: The switchboards of this process that own their slice, by lock file.
 _owners: weakref.WeakValueDictionary[str, Switchboard] = weakref.WeakValueDictionary()
@@ -318,7 +322,7 @@ class Switchboard:
         # Whoever renames the .pck owns the entry; a loser's rename fails.
         os.rename(queued, backup)
         content = qfile.read_file(backup, self.max_entry_size)
-        if len(self._sizes) >= 10_000:
+        if len(self._sizes) >= _SIZES_KEPT:
             self._sizes.clear()  # dequeued and never finished: forget them
         self._sizes[filebase] = len(content)
         msg, data, _ = qfile.parse_entry(content, filebase + ".bak")

@@ -28,8 +28,9 @@ def isolated_state(
     """Run the block with all state (queues, lists) in a new temporary directory.
 
     The lists are in an SQLite file there, or, with a ``postgresql://``
-    *database_url* (by default ``$MAILQUEUE_TEST_DATABASE``, if set), in a
-    new schema of that database, dropped afterwards.  On the way out every
+    *database_url* (by default ``$MAILQUEUE_TEST_DATABASE``, if set; an
+    empty one means SQLite whatever that says), in a new schema of that
+    database, dropped afterwards.  On the way out every
     configuration layer pushed inside the block (and not popped) is popped
     too, and the directory is removed.  Yield the directory.
     """

@@ -1,14 +1,18 @@
 """The conformance run: it reports what an implementation does, and judges it."""
 
+import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
 
+from mailqueue.conformance import mailman
 from mailqueue.conformance.adapter import AdapterError, load_adapter
 from mailqueue.conformance.spec import SpecDocument
 
@@ -16,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 NOT_FIFO = textwrap.dedent(
     """
+    import contextlib
+
     from mailqueue import Switchboard
     from mailqueue.conformance.reference import ReferenceAdapter
 
@@ -33,26 +39,45 @@ NOT_FIFO = textwrap.dedent(
             return {**super().namespace(), "Switchboard": NotFifo}
 
     adapter = NotFifoAdapter()
+
+    class Conforming(ReferenceAdapter):
+        name = "conforming"
+        description = "the reference, listing divergences it does not have"
+        known_divergences = KNOWN
+        runs_reference_documents = False
+
+    class Incomplete(ReferenceAdapter):
+        name = "incomplete"
+        description = "an adapter that gives no show_log"
+
+        @contextlib.contextmanager
+        def document_state(self):
+            with super().document_state() as fixtures:
+                yield {k: v for k, v in fixtures.items() if k != "show_log"}
     """
 )
 
 
-def conformance_run(tmp_path, implementation, known="{}"):
+def conformance_run(
+    tmp_path, implementation, known="{}", selection=("docs/switchboard.rst",), *options
+):
     (tmp_path / "third_party_adapter.py").write_text(NOT_FIFO.replace("KNOWN", known))
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "pytest",
-            str(ROOT / "docs" / "switchboard.rst"),
+            *selection,
             "-q",
             "--tb=no",
             "-p",
             "no:cacheprovider",
             f"--implementation={implementation}",
+            *options,
         ],
         cwd=ROOT,
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        # The whole environment, coverage's subprocess measurement with it.
+        env=os.environ | {"PYTHONPATH": str(tmp_path)},
         capture_output=True,
         text=True,
         check=False,
@@ -186,3 +211,297 @@ def test_every_example_of_the_spec_has_a_requirement_level(document):
         if line.lstrip().startswith(">>>") and spec.place(number).level == "unmarked"
     ]
     assert unmarked == []
+
+
+def test_an_adapter_that_cannot_be_imported_is_named_in_the_error():
+    with pytest.raises(AdapterError, match="cannot load the adapter 'no_such_module'"):
+        load_adapter("no_such_module")
+
+
+def test_an_unknown_requirement_level_is_refused_with_its_place(tmp_path):
+    document = tmp_path / "page.rst"
+    document.write_text("Title\n=====\n\n.. level:: MUST\n\n.. level:: MAY\n")
+    with pytest.raises(ValueError) as refused:
+        SpecDocument(document)
+    assert str(refused.value) == (
+        f"{document}:6: unknown requirement level 'MAY'; use one of MUST, SHOULD"
+    )
+
+
+# Runs of a few examples of switchboard.rst, named by their first line of
+# source: the first three make the names the later ones use.
+SWITCHBOARD = ROOT / "docs" / "switchboard.rst"
+
+
+def example_lines(section, first_line):
+    """The lines of switchboard.rst where *section* has an example *first_line*."""
+    spec = SpecDocument(SWITCHBOARD)
+    lines = SWITCHBOARD.read_text().splitlines()
+    return [
+        number
+        for number, line in enumerate(lines, start=1)
+        if line.strip() == f">>> {first_line}" and spec.place(number).section == section
+    ]
+
+
+def selected(*lines, document="switchboard.rst"):
+    return [f"docs/{document}::line:{line},column:1" for line in lines]
+
+
+SETTING_UP = [
+    example_lines("The switchboard", first_line)[0]
+    for first_line in (
+        "import os",
+        "queue_directory = os.path.join(config.QUEUE_DIR, 'test')",
+        "from mailqueue import Switchboard",
+    )
+]
+# The second of three examples of "Queue slices" that start with "try:".
+SECOND_TRY = example_lines("Queue slices", "try:")[1]
+# The first example of a page that is not part of the spec.
+FIRST_OF_OPERATING = next(
+    number
+    for number, line in enumerate(
+        (ROOT / "docs" / "operating.rst").read_text().splitlines(), start=1
+    )
+    if line.lstrip().startswith(">>> ")
+)
+
+
+def report_of(tmp_path):
+    return json.loads((tmp_path / "report" / "report.json").read_text())
+
+
+def test_a_selection_is_named_and_judged_against_whole_documents(tmp_path):
+    """Examples not run, and other documents, leave the judgement alone.
+
+    The second "try:" keeps its name with the first deselected, and neither the
+    divergence of the first nor one of another document is called stale.  An
+    example of a page about the reference's own tools is not run at all.
+    """
+    known = repr(
+        {
+            ("switchboard.rst", "Queue slices", "try:"): "not run here",
+            ("queue-files.rst", "Spare files", "os.listdir(pool)"): "not run here",
+        }
+    )
+    result = conformance_run(
+        tmp_path,
+        "third_party_adapter:Conforming",
+        known,
+        [
+            *selected(*SETTING_UP, SECOND_TRY),
+            *selected(FIRST_OF_OPERATING, document="operating.rst"),
+        ],
+        f"--report-dir={tmp_path / 'report'}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "no longer fail" not in result.stdout
+    assert "4 passed, 1 deselected" in result.stdout
+    report = report_of(tmp_path)
+    assert report["stale_divergences"] == []
+    assert {e["document"] for e in report["examples"]} == {"switchboard.rst"}
+    examples = {(e["section"], e["example"]): e["outcome"] for e in report["examples"]}
+    assert examples[("Queue slices", "try: #2")] == "passed"
+    assert ("Queue slices", "try:") not in examples
+
+
+def test_divergences_that_pass_or_name_nothing_are_stale_without_failures(tmp_path):
+    known = repr(
+        {
+            ("switchboard.rst", "Queue slices", "try: #2"): "it passes",
+            ("switchboard.rst", "Queue slices", "try: #9"): "there is no such example",
+        }
+    )
+    result = conformance_run(
+        tmp_path,
+        "third_party_adapter:Conforming",
+        known,
+        selected(*SETTING_UP, SECOND_TRY),
+        f"--report-dir={tmp_path / 'report'}",
+    )
+    assert result.returncode == 1
+    report = result.stdout[result.stdout.index("Conformance of conforming") :]
+    # Nothing failed, so the report has no failures to show, only the stale.
+    assert "Failures" not in report
+    assert (
+        "Known divergences that no longer fail (remove them):\n"
+        "  switchboard.rst / Queue slices / try: #2\n"
+        "  switchboard.rst / Queue slices / try: #9\n"
+    ) in report
+    assert report.rstrip().endswith("\n4 passed, 0 failed")
+
+
+def test_an_adapter_missing_a_fixture_errors_every_example(tmp_path):
+    result = conformance_run(
+        tmp_path,
+        "third_party_adapter:Incomplete",
+        "{}",
+        selected(*SETTING_UP),
+        f"--report-dir={tmp_path / 'report'}",
+    )
+    assert result.returncode == 1
+    assert "  MUST    The switchboard" in result.stdout
+    assert "0 passed, 0 failed, 3 errored" in result.stdout
+    assert f"switchboard.rst:{SETTING_UP[0]} [MUST] The switchboard: errored" in (
+        result.stdout
+    )
+    assert result.stdout.rstrip().endswith("\n0 passed, 3 failed")
+    report = report_of(tmp_path)
+    assert {e["outcome"] for e in report["examples"]} == {"errored"}
+    assert "the incomplete adapter gives no show_log" in report["examples"][0]["actual"]
+
+
+SKIPPING_PLUGIN = """
+import pytest
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        item.add_marker(pytest.mark.skip(reason="not today"))
+"""
+
+
+def test_skipped_examples_are_counted_and_their_divergences_not_judged(tmp_path):
+    (tmp_path / "skip_everything.py").write_text(SKIPPING_PLUGIN)
+    known = repr({("switchboard.rst", "Queue slices", "try: #2"): "skipped here"})
+    result = conformance_run(
+        tmp_path,
+        "third_party_adapter:Conforming",
+        known,
+        selected(*SETTING_UP, SECOND_TRY),
+        f"--report-dir={tmp_path / 'report'}",
+        "-p",
+        "skip_everything",
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert (
+        "MUST 0 passed, 0 failed, 3 skipped; SHOULD 0 passed, 0 failed, 1 skipped"
+        in (result.stdout)
+    )
+    report = report_of(tmp_path)
+    assert {e["outcome"] for e in report["examples"]} == {"skipped"}
+    assert report["stale_divergences"] == []
+
+
+ORDINARY_TESTS = """
+def test_that_passes():
+    pass
+
+def test_that_fails():
+    assert False
+"""
+
+
+def test_a_failing_ordinary_test_fails_a_conforming_run(tmp_path):
+    """The report judges examples only; it does not pardon other tests."""
+    (tmp_path / "test_ordinary.py").write_text(ORDINARY_TESTS)
+    result = conformance_run(
+        tmp_path,
+        "mailqueue",
+        "{}",
+        [*selected(*SETTING_UP), str(tmp_path / "test_ordinary.py")],
+        f"--report-dir={tmp_path / 'report'}",
+    )
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert result.stdout.rstrip().endswith("\n3 passed, 0 failed")
+    assert [e["example"] for e in report_of(tmp_path)["examples"]] == [
+        "import os",
+        "queue_directory = os.path.join(config.QUEUE_DIR, 'test')",
+        "from mailqueue import Switchboard",
+    ]
+
+
+def test_a_collection_error_fails_a_conforming_run(tmp_path):
+    (tmp_path / "test_broken.py").write_text("def test_broken(:\n")
+    result = conformance_run(
+        tmp_path,
+        "mailqueue",
+        "{}",
+        [*selected(*SETTING_UP), str(tmp_path / "test_broken.py")],
+        f"--report-dir={tmp_path / 'report'}",
+    )
+    assert result.returncode == pytest.ExitCode.INTERRUPTED, result.stdout[-3000:]
+    assert "1 error during collection" in result.stdout
+
+
+def test_junit_xml_goes_where_the_command_line_says(tmp_path):
+    result = conformance_run(
+        tmp_path,
+        "mailqueue",
+        "{}",
+        selected(*SETTING_UP),
+        f"--report-dir={tmp_path / 'report'}",
+        f"--junitxml={tmp_path / 'mine.xml'}",
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert 'tests="3"' in (tmp_path / "mine.xml").read_text()
+    assert sorted(os.listdir(tmp_path / "report")) == ["report.json"]
+
+
+@pytest.fixture
+def mailman_start_environment(monkeypatch):
+    # start() removes these from the environment: restore them afterwards.
+    for variable in mailman._REDIRECTING_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("MAILQUEUE_ANY_MAILMAN", raising=False)
+    return monkeypatch
+
+
+def test_the_mailman_adapter_without_mailman_says_what_to_install(
+    mailman_start_environment,
+):
+    # A None in sys.modules makes the import fail as if Mailman were absent
+    # (and leaves no real Mailman imported into this process).
+    mailman_start_environment.setitem(sys.modules, "mailman", None)
+    with pytest.raises(AdapterError) as refused:
+        mailman.MailmanAdapter().start()
+    assert str(refused.value).startswith("GNU Mailman is not installed (")
+    assert str(refused.value).endswith("); install mailqueue[mailman]")
+
+
+def test_the_mailman_adapter_refuses_another_release(mailman_start_environment):
+    # Stand-ins for Mailman's modules: nothing of Mailman is started.
+    fakes = {
+        "mailman": types.ModuleType("mailman"),
+        "mailman.config": types.ModuleType("mailman.config"),
+        "mailman.core": types.ModuleType("mailman.core"),
+        "mailman.version": types.ModuleType("mailman.version"),
+    }
+    fakes["mailman.config"].config = object()
+    fakes["mailman.core"].initialize = object()
+    fakes["mailman.version"].VERSION = "3.3.9"
+    for name, module in fakes.items():
+        mailman_start_environment.setitem(sys.modules, name, module)
+    with pytest.raises(AdapterError) as refused:
+        mailman.MailmanAdapter().start()
+    assert str(refused.value) == "this adapter is for GNU Mailman 3.3.10, not 3.3.9"
+
+
+MAILMAN_SUBSCRIBE = """
+from mailqueue.conformance.mailman import MailmanAdapter
+
+adapter = MailmanAdapter()
+adapter.start()
+with adapter.document_state() as fixtures:
+    mlist = fixtures["create_list"]("test@example.com")
+    fixtures["subscribe"](mlist, "anne@example.com")
+    member = mlist.members.get_member("anne@example.com")
+    print(member.address.email, member.preferred_language.code)
+"""
+
+
+def test_the_mailman_adapter_subscribes_in_the_lists_language_by_default(tmp_path):
+    # Looked for, not imported: this process must stay free of Mailman.
+    if importlib.util.find_spec("mailman") is None:
+        pytest.skip("GNU Mailman is not installed")
+    result = subprocess.run(
+        [sys.executable, "-c", MAILMAN_SUBSCRIBE],
+        env=os.environ | {"TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "anne@example.com en\n"
+    # Nor does it leave its var directories behind.
+    assert os.listdir(tmp_path) == []

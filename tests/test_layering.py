@@ -96,3 +96,25 @@ def test_the_configuration_module_has_its_own_name():
     import mailqueue.configuration as by_import
 
     assert by_import is module
+
+
+#: What a module may import inside a function: optional dependencies only,
+#: which are not installed unless their extra is (mailqueue[mailman],
+#: mailqueue[postgresql]).  Nothing else is imported late, so no late import
+#: stands in for a cycle.
+OPTIONAL = ("mailman", "zope", "psycopg")
+
+
+@pytest.mark.parametrize(("name", "path"), list(modules()), ids=lambda x: str(x))
+def test_only_optional_dependencies_are_imported_inside_functions(name, path):
+    late = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import):
+                    late.update(alias.name for alias in inner.names)
+                elif isinstance(inner, ast.ImportFrom):
+                    late.add(inner.module or "." * inner.level)
+    assert {
+        module for module in late if module.split(".")[0] not in OPTIONAL
+    } == set(), path.name

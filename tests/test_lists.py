@@ -5,13 +5,15 @@
 same expectations hold for both.
 """
 
+import os
 import socket
 
 import pytest
 
-from mailqueue import config, create_list
+from mailqueue import config, create_list, message_from_string
 from mailqueue.configuration import ConfigurationError
 from mailqueue.lists import ListExistsError, ListManager
+from mailqueue.runners import IncomingRunner
 
 
 def test_lists_and_members_round_trip(var_dir):
@@ -82,3 +84,56 @@ def test_a_list_as_a_value_and_a_database_by_its_path(var_dir, tmp_path):
     # One that cannot be opened says where, in one line.
     with pytest.raises(OSError, match=f"the list database {tmp_path}: "):
         ListManager(f"sqlite:///{tmp_path}")
+
+
+def test_a_nul_in_an_address_is_nobody_on_every_database(var_dir):
+    # PostgreSQL refuses a NUL in text, SQLite keeps it: never asked, it is
+    # the same everywhere.  A sender's NUL once made a PostgreSQL lookup
+    # fail, and the message was shunted for a "list database" error.
+    mlist = create_list("test@example.com")
+    with pytest.raises(ValueError, match=r"not an address: 'a\\x00b@example.com'"):
+        mlist.subscribe("a\0b@example.com")
+    assert list(mlist.members) == []
+    assert mlist.members.get_member("a\0b@example.com") is None
+    msg = message_from_string("From: a\0b@example.com\nSubject: hi\n\nHi.\n")
+    assert msg.sender == "a\0b@example.com"
+    config.switchboards["in"].enqueue(msg, listid=mlist.list_id)
+    assert IncomingRunner("in").run_once() == 1
+    assert len(config.switchboards["out"].files) == 1
+    assert config.switchboards["shunt"].files == []
+
+
+def test_a_forked_child_closing_the_lists_leaves_its_parent_connected(var_dir):
+    # A connection does not cross a fork: the child only forgets it.  Had
+    # it closed it, PostgreSQL would have ended the parent's session too.
+    create_list("test@example.com")
+    lists = config.lists
+    child = os.fork()
+    if child == 0:
+        code = 2
+        try:
+            lists.close()
+            code = 1 if lists.usable else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert lists.usable
+    assert lists.get("test@example.com") is not None
+
+
+@pytest.mark.postgresql
+def test_a_lost_postgresql_session_is_one_line(var_dir):
+    import psycopg
+
+    create_list("test@example.com")
+    lists = config.lists
+    # The server ends the session, as a restart or an administrator would.
+    backend = lists._database._connection.info.backend_pid
+    with psycopg.connect(os.environ["MAILQUEUE_TEST_DATABASE"]) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    with pytest.raises(OSError) as caught:
+        lists.get("test@example.com")
+    message = str(caught.value)
+    assert message.startswith(f"the list database {lists.path}: ")
+    assert "terminating connection" in message

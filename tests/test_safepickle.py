@@ -1,7 +1,8 @@
 """The pickle checker accepts what a writer makes, and only that.
 
 tests/hostile/ throws hostile files at every path; these properties keep the
-checker from refusing legitimate entries, in every protocol.
+checker from refusing legitimate entries, in every protocol.  At the end, single
+refusals and limits, each shown by a pickle made for it.
 """
 
 import datetime
@@ -190,3 +191,135 @@ def test_a_bytearray_referenced_twice_is_checked_like_any_other(protocol):
     safepickle.check(data)
     loaded = safepickle.load(data)
     assert loaded == [shared, shared] and loaded[0] is loaded[1]
+
+
+# Refusals, each shown by a crafted pickle -------------------------------------
+#
+# Written opcode by opcode with the constants of the pickle module (PROTO,
+# GLOBAL, ...); tests/hostile/ runs such files through the whole queue.
+
+P4 = pickle.PROTO + b"\x04"
+MIME_TEXT = pickle.GLOBAL + b"email.mime.text\nMIMEText\n"
+
+
+def test_load_by_itself_calls_nothing_outside_the_allow_list(tmp_path):
+    # check() would refuse this first; load() and SafeUnpickler refuse it
+    # too, before os.system is ever found, let alone called.
+    marker = tmp_path / "ran"
+    command = f"touch {marker}".encode()
+    data = (
+        P4
+        + pickle.GLOBAL
+        + b"os\nsystem\n"
+        + pickle.SHORT_BINUNICODE
+        + bytes([len(command)])
+        + command
+        + pickle.TUPLE1
+        + pickle.REDUCE
+        + pickle.STOP
+    )
+    refusal = "refused to load os.system: queue files may hold only messages"
+    with pytest.raises(safepickle.PickleRefused, match=refusal):
+        safepickle.check(data)
+    with pytest.raises(safepickle.PickleRefused, match=refusal):
+        safepickle.load(data)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "persistent_id",
+    [pickle.PERSID + b"queue-1\n", pickle.NONE + pickle.BINPERSID],
+    ids=["PERSID", "BINPERSID"],
+)
+def test_a_persistent_id_is_refused_by_check_and_by_load(persistent_id):
+    data = P4 + persistent_id + pickle.STOP
+    with pytest.raises(safepickle.PickleRefused, match="PERSID opcode, which queue"):
+        safepickle.check(data)
+    with pytest.raises(
+        safepickle.PickleRefused, match="queue files are self-contained"
+    ):
+        safepickle.load(data)
+
+
+@pytest.mark.parametrize(
+    "one_more",
+    [pickle.NONE, pickle.EMPTY_LIST],
+    ids=["a-scalar", "a-container"],
+)
+def test_one_object_more_than_max_objects_is_refused(one_more):
+    # A list and MAX_OBJECTS - 1 Nones in it: exactly the limit.
+    start = (
+        P4
+        + pickle.EMPTY_LIST
+        + pickle.MARK
+        + pickle.NONE * (safepickle.MAX_OBJECTS - 1)
+    )
+    at_limit = start + pickle.APPENDS + pickle.STOP
+    assert safepickle.check(at_limit) == ("other", len(at_limit))
+    over = start + one_more + pickle.APPENDS + pickle.STOP
+    refusal = f"makes more than 1,000,000 objects \\(at byte {len(start)}\\)"
+    with pytest.raises(safepickle.PickleRefused, match=refusal):
+        safepickle.check(over)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [P4 + pickle.MEMOIZE, P4 + pickle.EMPTY_LIST + pickle.MARK + pickle.MEMOIZE],
+    ids=["empty", "below-a-mark"],
+)
+def test_memoizing_with_nothing_in_reach_is_refused(data):
+    where = len(data) - 1
+    with pytest.raises(
+        safepickle.PickleRefused, match=f"looks at an empty stack \\(at byte {where}\\)"
+    ):
+        safepickle.check(data + pickle.STOP)
+
+
+def test_two_references_to_one_long_string_are_within_the_weight_limit():
+    # The heaviest tuple of two scalars a pickle can make (the checker does
+    # not weigh those): just under twice the pickle's size.  A third
+    # reference is over.
+    text = "x" * 600_000
+    pair = pickle.dumps((text, text), 4)
+    assert pair.endswith(pickle.TUPLE2 + pickle.MEMOIZE + pickle.STOP)
+    assert safepickle.check(pair) == ("other", len(pair))
+    assert safepickle.load(pair) == (text, text)
+    triple = pickle.dumps((text, text, text), 4)
+    with pytest.raises(safepickle.PickleRefused, match="would expand to more than"):
+        safepickle.check(triple)
+
+
+@pytest.mark.parametrize(
+    ("opcode", "width"),
+    [
+        (pickle.BININT1, 1),
+        (pickle.BININT2, 2),
+        (pickle.BININT, 4),
+        (pickle.BINFLOAT, 8),
+    ],
+    ids=["BININT1", "BININT2", "BININT", "BINFLOAT"],
+)
+def test_a_number_cut_short_is_refused(opcode, width):
+    data = P4 + opcode + b"\x01" * (width - 1)
+    refusal = f"is truncated \\(wants {width} more bytes\\) \\(at byte 2\\)"
+    with pytest.raises(safepickle.PickleRefused, match=refusal):
+        safepickle.check(data)
+
+
+def test_a_message_class_is_made_only_without_arguments():
+    made = P4 + MIME_TEXT + pickle.EMPTY_TUPLE + pickle.NEWOBJ + pickle.STOP
+    assert safepickle.check(made) == ("message", len(made))
+    given = pickle.BININT1 + b"\x01" + pickle.TUPLE1  # MIMEText(1)
+    data = P4 + MIME_TEXT + given + pickle.NEWOBJ + pickle.STOP
+    with pytest.raises(
+        safepickle.PickleRefused, match="passes arguments to a message class"
+    ):
+        safepickle.check(data)
+
+
+def test_calling_a_message_is_refused_and_names_its_class():
+    made = P4 + MIME_TEXT + pickle.EMPTY_TUPLE + pickle.NEWOBJ
+    data = made + pickle.EMPTY_TUPLE + pickle.REDUCE + pickle.STOP
+    refusal = f"the pickle calls a MIMEText \\(at byte {len(made) + 1}\\)"
+    with pytest.raises(safepickle.PickleRefused, match=refusal):
+        safepickle.check(data)

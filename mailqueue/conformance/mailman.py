@@ -9,6 +9,7 @@ database with the domain ``example.com``, and log files in it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -184,6 +185,9 @@ class MailmanAdapter(Adapter):
         os.umask(umask)
         config.create_paths = True
         self._base = tempfile.mkdtemp(prefix="mailqueue-mailman-")
+        # Start-up cannot be undone in a process: its var directory goes
+        # when the process does.
+        atexit.register(shutil.rmtree, self._base, ignore_errors=True)
         config.push("mailqueue-conformance", _CONFIGURATION.format(var_dir=self._base))
         initialize.initialize_2(testing=True)
 

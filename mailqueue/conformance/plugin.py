@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from mailqueue.conformance.adapter import FIXTURES, Adapter, AdapterError, load_adapter
+from mailqueue.conformance.report import ConformanceReport
+from mailqueue.conformance.spec import SpecDocument
 
 __all__ = ["document_setup"]
 
@@ -51,8 +53,6 @@ def pytest_configure(config: pytest.Config) -> None:
     except AdapterError as error:
         raise pytest.UsageError(str(error)) from None
     if chosen is not None:
-        from mailqueue.conformance.report import ConformanceReport
-
         report = ConformanceReport(_adapter, config)
         config.pluginmanager.register(report, "mailqueue-conformance-report")
 
@@ -64,8 +64,6 @@ def pytest_collection_modifyitems(
     assert _adapter is not None
     if _adapter.runs_reference_documents:
         return
-    from mailqueue.conformance.spec import SpecDocument
-
     is_spec: dict[str, bool] = {}
     kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []

@@ -11,7 +11,11 @@ the line ``N passed, N failed``.
 
 The run succeeds when every failure is a known divergence and every known
 divergence still fails: a list of known failures that has gone stale is
-itself a failure, so the list stays true.
+itself a failure, so the list stays true.  A known divergence is judged
+only if its document ran: it is stale if its example passed, or if the
+document has no such example (one deselected or skipped is not judged).
+The report judges only examples: an ordinary test that fails beside them,
+or a collection error, still fails the run.
 """
 
 from __future__ import annotations
@@ -21,11 +25,15 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from mailqueue.conformance.adapter import Adapter
 from mailqueue.conformance.spec import SpecDocument
+
+if TYPE_CHECKING:
+    from sybil import Document
 
 __all__ = ["ConformanceReport", "ExampleResult"]
 
@@ -86,30 +94,45 @@ class ConformanceReport:
         if not config.option.xmlpath:
             config.option.xmlpath = str(self.directory / "junit.xml")
         self.results: dict[str, ExampleResult] = {}
+        #: Every example of the documents that ran, by its key, and those
+        #: documents' file names: what known divergences are judged against.
+        self.named: set[tuple[str, str, str]] = set()
+        self.documents: set[str] = set()
+        #: Whether a test that is not an example failed.
+        self.others_failed = False
         self.stale: list[str] = []
 
     # Collecting what ran ---------------------------------------------
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        # After deselection: only what runs is reported.
-        documents: dict[str, SpecDocument] = {}
-        seen: Counter[tuple[str, str, str]] = Counter()
+        # After deselection, so only what runs is reported; but an example
+        # is named within its whole document, whatever the selection.
+        by_path: dict[str, dict[int, ExampleResult]] = {}
         for item in session.items:
             example = getattr(item, "example", None)
             if example is None:
+                # An ordinary test, run beside the spec: not the report's.
                 continue
-            path = example.path
-            if path not in documents:
-                documents[path] = SpecDocument(path)
-            place = documents[path].place(example.line)
+            if example.path not in by_path:
+                by_path[example.path] = self._examples_of(example.document)
+            self.results[item.nodeid] = by_path[example.path][example.region.start]
+        for examples in by_path.values():
+            self.named.update(result.key for result in examples.values())
+        self.documents.update(os.path.basename(path) for path in by_path)
+
+    def _examples_of(self, document: Document) -> dict[int, ExampleResult]:
+        """Every example of a Sybil document, named, by where it starts."""
+        spec = SpecDocument(document.path)
+        seen: Counter[tuple[str, str, str]] = Counter()
+        examples: dict[int, ExampleResult] = {}
+        for example in document.examples():
+            place = spec.place(example.line)
             parsed = example.region.parsed
             source = getattr(parsed, "source", None)
             if source is None:
-                source = example.document.text[
-                    example.region.start : example.region.end
-                ]
+                source = document.text[example.region.start : example.region.end]
             result = ExampleResult(
-                document=os.path.basename(path),
+                document=os.path.basename(document.path),
                 line=example.line,
                 section=place.section,
                 level=place.level,
@@ -121,11 +144,13 @@ class ConformanceReport:
             count = seen[result.document, result.section, first]
             result.example = first if count == 1 else f"{first} #{count}"
             result.known = self.adapter.known_divergences.get(result.key)
-            self.results[item.nodeid] = result
+            examples[example.region.start] = result
+        return examples
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         result = self.results.get(report.nodeid)
         if result is None:
+            self.others_failed = self.others_failed or report.failed
             return
         if report.when == "call":
             result.outcome = report.outcome
@@ -141,17 +166,27 @@ class ConformanceReport:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         results = list(self.results.values())
-        failing = {r.key for r in results if _bad(r)}
+        passing = {r.key for r in results if r.outcome == "passed"}
+        # A divergence is judged only where its document ran: it is stale if
+        # its example passed, or if the document has no such example.
         self.stale = [
             " / ".join(key)
             for key in self.adapter.known_divergences
-            if key not in failing
+            if key in passing or (key[0] in self.documents and key not in self.named)
         ]
         unexpected = [r for r in results if _bad(r) and r.known is None]
-        if results and not unexpected and not self.stale:
-            session.exitstatus = pytest.ExitCode.OK
-        elif results:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        # The report judges the examples and nothing else: pytest's verdict
+        # stands when an ordinary test failed, or when collection failed or
+        # the run was interrupted.
+        if (
+            results
+            and not self.others_failed
+            and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
+        ):
+            conforming = not unexpected and not self.stale
+            session.exitstatus = (
+                pytest.ExitCode.OK if conforming else pytest.ExitCode.TESTS_FAILED
+            )
         report = {
             "implementation": self.adapter.name,
             "description": self.adapter.description,
