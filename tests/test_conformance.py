@@ -268,6 +268,18 @@ FIRST_OF_OPERATING = next(
 )
 
 
+def selection_run(tmp_path, implementation, selection, *options, known="{}"):
+    """Run *selection* only, with the report in tmp_path/report (report_of)."""
+    return conformance_run(
+        tmp_path,
+        implementation,
+        known,
+        selection,
+        f"--report-dir={tmp_path / 'report'}",
+        *options,
+    )
+
+
 def report_of(tmp_path):
     return json.loads((tmp_path / "report" / "report.json").read_text())
 
@@ -285,15 +297,14 @@ def test_a_selection_is_named_and_judged_against_whole_documents(tmp_path):
             ("queue-files.rst", "Spare files", "os.listdir(pool)"): "not run here",
         }
     )
-    result = conformance_run(
+    result = selection_run(
         tmp_path,
         "third_party_adapter:Conforming",
-        known,
         [
             *selected(*SETTING_UP, SECOND_TRY),
             *selected(FIRST_OF_OPERATING, document="operating.rst"),
         ],
-        f"--report-dir={tmp_path / 'report'}",
+        known=known,
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "no longer fail" not in result.stdout
@@ -313,12 +324,11 @@ def test_divergences_that_pass_or_name_nothing_are_stale_without_failures(tmp_pa
             ("switchboard.rst", "Queue slices", "try: #9"): "there is no such example",
         }
     )
-    result = conformance_run(
+    result = selection_run(
         tmp_path,
         "third_party_adapter:Conforming",
-        known,
         selected(*SETTING_UP, SECOND_TRY),
-        f"--report-dir={tmp_path / 'report'}",
+        known=known,
     )
     assert result.returncode == 1
     report = result.stdout[result.stdout.index("Conformance of conforming") :]
@@ -333,12 +343,10 @@ def test_divergences_that_pass_or_name_nothing_are_stale_without_failures(tmp_pa
 
 
 def test_an_adapter_missing_a_fixture_errors_every_example(tmp_path):
-    result = conformance_run(
+    result = selection_run(
         tmp_path,
         "third_party_adapter:Incomplete",
-        "{}",
         selected(*SETTING_UP),
-        f"--report-dir={tmp_path / 'report'}",
     )
     assert result.returncode == 1
     assert "  MUST    The switchboard" in result.stdout
@@ -364,14 +372,13 @@ def pytest_collection_modifyitems(items):
 def test_skipped_examples_are_counted_and_their_divergences_not_judged(tmp_path):
     (tmp_path / "skip_everything.py").write_text(SKIPPING_PLUGIN)
     known = repr({("switchboard.rst", "Queue slices", "try: #2"): "skipped here"})
-    result = conformance_run(
+    result = selection_run(
         tmp_path,
         "third_party_adapter:Conforming",
-        known,
         selected(*SETTING_UP, SECOND_TRY),
-        f"--report-dir={tmp_path / 'report'}",
         "-p",
         "skip_everything",
+        known=known,
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert (
@@ -395,12 +402,10 @@ def test_that_fails():
 def test_a_failing_ordinary_test_fails_a_conforming_run(tmp_path):
     """The report judges examples only; it does not pardon other tests."""
     (tmp_path / "test_ordinary.py").write_text(ORDINARY_TESTS)
-    result = conformance_run(
+    result = selection_run(
         tmp_path,
         "mailqueue",
-        "{}",
         [*selected(*SETTING_UP), str(tmp_path / "test_ordinary.py")],
-        f"--report-dir={tmp_path / 'report'}",
     )
     assert result.returncode == 1, result.stdout[-3000:]
     assert result.stdout.rstrip().endswith("\n3 passed, 0 failed")
@@ -413,24 +418,20 @@ def test_a_failing_ordinary_test_fails_a_conforming_run(tmp_path):
 
 def test_a_collection_error_fails_a_conforming_run(tmp_path):
     (tmp_path / "test_broken.py").write_text("def test_broken(:\n")
-    result = conformance_run(
+    result = selection_run(
         tmp_path,
         "mailqueue",
-        "{}",
         [*selected(*SETTING_UP), str(tmp_path / "test_broken.py")],
-        f"--report-dir={tmp_path / 'report'}",
     )
     assert result.returncode == pytest.ExitCode.INTERRUPTED, result.stdout[-3000:]
     assert "1 error during collection" in result.stdout
 
 
 def test_junit_xml_goes_where_the_command_line_says(tmp_path):
-    result = conformance_run(
+    result = selection_run(
         tmp_path,
         "mailqueue",
-        "{}",
         selected(*SETTING_UP),
-        f"--report-dir={tmp_path / 'report'}",
         f"--junitxml={tmp_path / 'mine.xml'}",
     )
     assert result.returncode == 0, result.stdout[-3000:]
