@@ -22,7 +22,7 @@ RUN      := $(BIN)/python
 MEASURED :=
 endif
 
-.PHONY: help test coverage coverage-data coverage-report docs docs-check lint bench fuzz soak conformance conformance-results interop \
+.PHONY: help test coverage coverage-data coverage-report docs docs-check lint bench fuzz soak conformance conformance-results interop mailman-site-test \
 	spec-postgresql postgresql-server cluster-servers cluster-test conformance-matrix clean
 
 help:
@@ -40,6 +40,7 @@ help:
 	@echo "make conformance IMPL=NAME  run the spec against an implementation"
 	@echo "                 (mailqueue, mailman, or package.module:adapter)"
 	@echo "make interop     exchange queue files between mailqueue and GNU Mailman"
+	@echo "make mailman-site-test  mailqueue's tools on a running GNU Mailman site"
 	@echo "make conformance-matrix  the spec against every GNU Mailman 3 release, each in"
 	@echo "                 its own venv under build/matrix; the table goes to"
 	@echo "                 docs/conformance-matrix.json (RELEASES=\"3.3.0 3.3.10\" for some)"
@@ -86,6 +87,11 @@ conformance-matrix: $(STAMP)
 # Also part of make test (which is what CI runs).
 interop: $(STAMP)
 	$(BIN)/python -m pytest tests/interop -W ignore::DeprecationWarning
+
+# A live GNU Mailman 3.3.10 site (its own venv, aiosmtpd on loopback) with
+# mailqueue's tools at work on it; also part of make test.
+mailman-site-test: $(STAMP)
+	$(BIN)/python -m pytest tests/mailman_site -s -W ignore::DeprecationWarning
 
 # System packages come from Debian's archive, installed when missing.
 APT_INSTALL = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq

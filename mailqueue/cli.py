@@ -15,6 +15,7 @@ import email.errors
 import io
 import json
 import os
+import pwd
 import re
 import signal
 import sys
@@ -27,6 +28,7 @@ from mailqueue import __version__, qfile, queuetools
 from mailqueue.configuration import config
 from mailqueue.errors import MailqueueError
 from mailqueue.logs import logging_to
+from mailqueue.mailman_site import MailmanSite, master_state
 from mailqueue.master import (
     master_pid,
     master_status,
@@ -52,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     config_file = arguments.config or os.environ.get("MAILQUEUE_CONFIG")
     try:
-        with _configuration(config_file):
+        with _configuration(config_file), _mailman_option(arguments.mailman):
+            _check_site(arguments.command_name)
             return arguments.command(arguments, config_file) or 0
     except BrokenPipeError:
         raise  # the reader went away: console_script deals with it
@@ -86,6 +89,68 @@ def _configuration(path: str | None) -> Iterator[None]:
         yield
     finally:
         config.pop(layer)
+
+
+@contextlib.contextmanager
+def _mailman_option(path: str | None) -> Iterator[None]:
+    # --mailman PATH: as [mailman] config: PATH would say.
+    if path is None:
+        yield
+        return
+    if "\n" in path or "\r" in path or not path.strip():
+        raise CommandError(f"not a configuration file name: {path!r}")
+    layer = "command line (--mailman)"
+    config.push(layer, f"[mailman]\nconfig: {os.path.abspath(path)}\n")
+    try:
+        yield
+    finally:
+        config.pop(layer)
+
+
+#: The commands a GNU Mailman site leaves to Mailman, and why.
+_LEFT_TO_MAILMAN = {
+    "start": "GNU Mailman's master runs its runners: use mailman start",
+    "stop": "GNU Mailman's master runs its runners: use mailman stop",
+    "restart": "GNU Mailman's master runs its runners: use mailman restart",
+    "reopen": "GNU Mailman's master runs its runners: use mailman reopen",
+    "runner": "only GNU Mailman's runners work its queues (mailqueue's know none "
+    "of its lists)",
+    "inject": "GNU Mailman's lists are not mailqueue's: use mailman inject",
+    "lists": "the lists are GNU Mailman's: use mailman lists",
+}
+
+#: The commands that move, write or delete queue entries.
+_CHANGING = frozenset({"hold", "release", "requeue", "delete", "unshunt", "inject"})
+
+
+def _check_site(command: str) -> None:
+    """Refuse what *command* must not do here, in one line."""
+    if config.mailman is not None and command in _LEFT_TO_MAILMAN:
+        raise CommandError(
+            f"{command} is refused on a GNU Mailman site: {_LEFT_TO_MAILMAN[command]}"
+        )
+    if command not in _CHANGING:
+        return
+    # A file written by another user than the queues' owner may be one its
+    # runners cannot read (Mailman's runners are not root).
+    queues = config.mailman.paths["QUEUE_DIR"] if config.mailman else config.QUEUE_DIR
+    try:
+        owner = os.stat(queues).st_uid
+    except FileNotFoundError:
+        return
+    if owner != os.geteuid():
+        raise CommandError(
+            f"{queues} belongs to {_user(owner)}, and this runs as "
+            f"{_user(os.geteuid())}: run it as {_user(owner)}, so that what it "
+            "writes the runners can read"
+        )
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 # The commands: each is a function, with its arguments declared above it ------
@@ -201,6 +266,8 @@ def _stop(arguments: argparse.Namespace, config_file: str | None) -> int:
     _arg("--json", action="store_true", help="print JSON"),
 )
 def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
+    if config.mailman is not None:
+        return _mailman_status(config.mailman, arguments.json)
     pid = master_pid()
     runners = {}
     if pid is not None:
@@ -254,6 +321,68 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
             f"  runner {spec:<12} {runner['state']:<11} pid {pid_text:<8} "
             f"restarts {runner['restarts']:<3} {owned}"
         )
+    return status
+
+
+def _mailman_status(site: MailmanSite, as_json: bool) -> int:
+    """``status`` on a GNU Mailman site: its master, and each runner it starts."""
+    state = master_state(site)
+    runners = {}
+    for section in sorted(config.runners.values(), key=lambda s: s.name):
+        for number in range(section.instances):
+            spec = f"{section.name}:{number}:{section.instances}"
+            pid = state.runners.get(spec)
+            if pid is not None:
+                runner = {"state": "running", "pid": pid}
+            elif not section.start:
+                runner = {"state": "not started", "pid": None}
+            else:
+                runner = {"state": "not running", "pid": None}
+            runners[spec] = runner
+    # A monitoring check can rely on it: no master, or a runner it should
+    # run that does not run, is a failure.
+    status = (
+        0
+        if state.alive
+        and all(runner["state"] != "not running" for runner in runners.values())
+        else 1
+    )
+    lock = None
+    if state.lock is not None:
+        lock = {"host": state.lock[0], "pid": state.lock[1]}
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "mailman": site.cfg_file,
+                    "var_dir": site.paths["VAR_DIR"],
+                    "master": state.pid if state.alive else None,
+                    "pid_file": site.paths["PID_FILE"],
+                    "stale_pid": None if state.alive else state.pid,
+                    "lock": lock,
+                    "runners": runners,
+                }
+            )
+        )
+        return status
+    var_dir = site.paths["VAR_DIR"]
+    if state.alive:
+        print(f"GNU Mailman master running (pid {state.pid}) on {var_dir}")
+    elif state.pid is not None:
+        print(
+            f"no GNU Mailman master is running on {var_dir}: its pid file "
+            f"{site.paths['PID_FILE']} names pid {state.pid}, which is not "
+            "Mailman's master (stale)"
+        )
+    else:
+        print(f"no GNU Mailman master is running on {var_dir}")
+    if state.lock is not None:
+        host, pid = state.lock
+        print(f"  master lock {site.paths['LOCK_FILE']}: held by pid {pid} on {host}")
+    for spec, runner in runners.items():
+        if runner["state"] != "not started" or state.alive:
+            pid_text = str(runner["pid"] or "-")
+            print(f"  runner {spec:<14} {runner['state']:<11} pid {pid_text}")
     return status
 
 
@@ -463,12 +592,13 @@ def _jsonable(value: Any) -> Any:
 )
 def _unshunt(arguments: argparse.Namespace, config_file: str | None) -> int:
     status = 0
-    for done in queuetools.unshunt(discard=arguments.discard):
-        if done.ok:
-            print(done.text)
-        else:
-            print(f"mailqueue: error: {done.text}", file=sys.stderr)
-            status = 1
+    with logging_to(config.LOG_DIR):
+        for done in queuetools.unshunt(discard=arguments.discard):
+            if done.ok:
+                print(done.text)
+            else:
+                print(f"mailqueue: error: {done.text}", file=sys.stderr)
+                status = 1
     return status
 
 
@@ -584,6 +714,12 @@ _SELECTION = (
         metavar="DURATION",
         help="only entries older than this (30s, 15m, 2h, 1d)",
     ),
+    _arg(
+        "--force",
+        action="store_true",
+        help="on a GNU Mailman site, act on entries of a queue whose runner runs "
+        "(see the docs for the race this leaves)",
+    ),
 )
 
 
@@ -591,6 +727,11 @@ _SELECTION = (
     "requeue",
     "move entries (queued, preserved in bad, or held) to a queue",
     _arg("--to", required=True, metavar="QUEUE", help="the queue"),
+    _arg(
+        "--reset-count",
+        action="store_true",
+        help="start the count of recoveries (_bak_count) again",
+    ),
     *_SELECTION,
     act="requeue",
 )
@@ -636,11 +777,14 @@ def _act(arguments: argparse.Namespace, config_file: str | None) -> int:
             f"mailqueue: error: no {_WAITING[action]} entry {filebase}", file=sys.stderr
         )
         status = 1
+    if config.mailman is not None and not arguments.force:
+        chosen, left = _not_worked(config.mailman, chosen)
+        status |= left
     with logging_to(config.LOG_DIR):
         for entry in chosen:
             try:
                 if action == "requeue":
-                    queuetools.requeue(entry, arguments.to)
+                    queuetools.requeue(entry, arguments.to, arguments.reset_count)
                 else:
                     getattr(queuetools, action)(entry)
             except queuetools.EntryError as error:
@@ -650,6 +794,36 @@ def _act(arguments: argparse.Namespace, config_file: str | None) -> int:
             where = f" to {arguments.to}" if action == "requeue" else ""
             print(f"{_DONE[action]} {entry.filebase} ({entry.queue}){where}")
     return status
+
+
+def _not_worked(
+    site: MailmanSite, entries: list[queuetools.QueueEntry]
+) -> tuple[list[queuetools.QueueEntry], int]:
+    """The *entries* no live runner of Mailman's works, and 1 if some are left.
+
+    Mailman's runners take no lock: an entry moved or deleted just as one
+    of them takes it makes it log an error.  So, without --force, the
+    entries of a queue whose runner runs are left alone, one line a queue.
+    """
+    state = master_state(site)
+    kept: list[queuetools.QueueEntry] = []
+    left: dict[str, tuple[list[int], list[queuetools.QueueEntry]]] = {}
+    for entry in entries:
+        pids = [] if entry.held else state.running(entry.queue)
+        if pids:
+            left.setdefault(entry.queue, (pids, []))[1].append(entry)
+        else:
+            kept.append(entry)
+    for queue, (pids, skipped) in sorted(left.items()):
+        which = ", ".join(map(str, pids))
+        print(
+            f"mailqueue: error: {len(skipped)} "
+            f"{'entry' if len(skipped) == 1 else 'entries'} of {queue} left alone: "
+            f"GNU Mailman's {queue} runner (pid {which}) works that queue; stop it "
+            f"first (kill -TERM {which}), or use --force",
+            file=sys.stderr,
+        )
+    return kept, 1 if left else 0
 
 
 _WAITING = {
@@ -668,6 +842,14 @@ _DONE = {
 
 @_command("flush", "make the runners try their queues (retry too) now")
 def _flush(arguments: argparse.Namespace, config_file: str | None) -> int:
+    if config.mailman is not None:
+        retry = config.runners.get("retry")
+        every = f"every {retry.sleep_time}" if retry else "in its own time"
+        raise CommandError(
+            "flush cannot be done on a GNU Mailman site: Mailman's master has no "
+            "signal that makes its runners try now; its retry runner moves "
+            f"deferred entries back to out {every}"
+        )
     pid = signal_master(signal.SIGUSR2)
     print(
         f"mailqueue master (pid {pid}) woke its runners: deferred entries are tried now"
@@ -719,6 +901,12 @@ def _parser() -> argparse.ArgumentParser:
         "defaults with all state under ./var)",
     )
     parser.add_argument(
+        "--mailman",
+        metavar="FILE",
+        help="work the queues of the GNU Mailman site this mailman.cfg describes "
+        "(as [mailman] config does)",
+    )
+    parser.add_argument(
         "--version", action="version", version=f"mailqueue {__version__}"
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -726,7 +914,9 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(
             command.name, help=command.text, description=command.text
         )
-        sub.set_defaults(command=command.function, **command.defaults)
+        sub.set_defaults(
+            command=command.function, command_name=command.name, **command.defaults
+        )
         for flags, options in command.arguments:
             sub.add_argument(*flags, **options)
         if command.setup is not None:

@@ -38,6 +38,7 @@ from datetime import timedelta
 
 from mailqueue.errors import MailqueueError
 from mailqueue.lists import ListManager, MailingList
+from mailqueue.mailman_site import MailmanSite, MailmanSiteError, read_site
 from mailqueue.qfile import QFILE_SCHEMA_VERSION
 from mailqueue.switchboard import Switchboard
 
@@ -116,6 +117,7 @@ SECTION_KEYS = {
     "queues": {"max_entry_size", "stale_tmp_after"},
     "host": {"name"},
     "database": {"url"},
+    "mailman": {"config"},
 }
 
 
@@ -197,21 +199,27 @@ class Configuration:
     def _apply(self) -> None:
         merged: dict[str, dict[str, str]] = {}
         origins: dict[tuple[str, str], str] = {}
-        for _, layer in self._layers:
+        given: set[tuple[str, str]] = set()  # by a layer above the defaults
+        for number, (_, layer) in enumerate(self._layers):
             for section, values in layer.sections.items():
                 merged.setdefault(section, {}).update(values)
                 for key in values:
                     origins[section, key] = layer.where(section, key)
+                    if number:
+                        given.add((section, key))
 
         def at(section: str, key: str) -> str:
             # Where a value came from, for an error about it.
             return f"{origins.get((section, key), 'the defaults')}: [{section}] {key}"
 
+        site = _mailman_site(merged, given, at)
         paths = merged.get("paths", {})
+        var_dir = paths.get("var_dir", "var")
+        if site is not None and ("paths", "var_dir") not in given:
+            # Beside Mailman's var dir, never in it.
+            var_dir = os.path.join(os.path.dirname(site.paths["VAR_DIR"]), "mailqueue")
         var_dir = os.path.abspath(
-            os.path.expanduser(
-                _expand(paths.get("var_dir", "var"), {}, at("paths", "var_dir"))
-            )
+            os.path.expanduser(_expand(var_dir, {}, at("paths", "var_dir")))
         )
         substitutions = {"VAR_DIR": var_dir}
         for key in ("queue_dir", "data_dir", "log_dir"):
@@ -219,13 +227,28 @@ class Configuration:
                 _expand(paths.get(key, ""), substitutions, at("paths", key))
             )
         runners = {}
-        for section in merged:
-            if section.startswith("runner."):
-                name = section.removeprefix("runner.")
-                values = RUNNER_DEFAULTS | merged[section]
+        if site is None:
+            for section in merged:
+                if section.startswith("runner."):
+                    name = section.removeprefix("runner.")
+                    values = RUNNER_DEFAULTS | merged[section]
+                    runners[name] = _runner_config(
+                        name, values, substitutions, functools.partial(at, section)
+                    )
+        else:
+            _outside_mailman(site, substitutions, at)
+            for name, keys in site.runners.items():
+                values = RUNNER_DEFAULTS | {
+                    key: value for key, value in keys.items() if key in RUNNER_DEFAULTS
+                }
                 runners[name] = _runner_config(
-                    name, values, substitutions, functools.partial(at, section)
+                    name,
+                    values,
+                    dict(site.paths),
+                    functools.partial(_in_site, site, name),
                 )
+        #: The GNU Mailman site whose queues these are, or None.
+        self.mailman: MailmanSite | None = site
         queues = merged.get("queues", {})
         max_entry_size = _size(
             queues.get("max_entry_size", "32MiB"), at("queues", "max_entry_size")
@@ -353,6 +376,48 @@ class Switchboards(Mapping[str, Switchboard]):
 
     def __len__(self) -> int:
         return len(self._paths)
+
+
+def _mailman_site(
+    merged: dict[str, dict[str, str]],
+    given: set[tuple[str, str]],
+    at: Callable[[str, str], str],
+) -> MailmanSite | None:
+    # [mailman] config: the Mailman site whose runners and queues these are.
+    path = merged.get("mailman", {}).get("config", "").strip()
+    if not path:
+        return None
+    try:
+        site = read_site(os.path.expanduser(path))
+    except MailmanSiteError as error:
+        raise ConfigurationError(f"{at('mailman', 'config')}: {error}") from None
+    for section, key in sorted(given):
+        if section.startswith("runner."):
+            raise ConfigurationError(
+                f"{at(section, key)}: on a GNU Mailman site the runners are "
+                f"Mailman's: set [{section}] in {site.cfg_file}"
+            )
+    return site
+
+
+def _in_site(site: MailmanSite, runner: str, key: str) -> str:
+    # Where a Mailman runner's value came from, for an error about it.
+    return f"{site.origins[runner]} {key}"
+
+
+def _outside_mailman(
+    site: MailmanSite, paths: dict[str, str], at: Callable[[str, str], str]
+) -> None:
+    # mailqueue's own state (logs, holds, the list database) stays out of
+    # every directory Mailman writes in.
+    for key, path in paths.items():
+        for directory in site.directories:
+            if os.path.commonpath([path, directory]) == directory:
+                raise ConfigurationError(
+                    f"{at('paths', key.lower())}: {path} is inside GNU Mailman's "
+                    f"{directory}; mailqueue's own state goes elsewhere (by "
+                    "default beside Mailman's var dir)"
+                )
 
 
 @dataclass(frozen=True)

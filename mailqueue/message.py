@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import email
+import email.errors
 import email.message
 import re
 from email.header import decode_header, make_header
 from email.utils import getaddresses
 
-__all__ = ["SENDER_HEADERS", "Message", "message_from_string"]
+__all__ = ["SENDER_HEADERS", "Message", "decoded", "message_from_string"]
 
 #: The headers that can name a message's author, in the order they are
 #: believed; ``from_`` is the envelope sender (the mbox ``From`` line).
@@ -55,7 +56,7 @@ class Message(email.message.Message):
             words = (self.get_unixfrom() or "").split()
             values = [words[1]] if len(words) > 1 else []
         else:
-            values = [_decoded(str(value)) for value in self.get_all(header, [])]
+            values = [decoded(str(value)) for value in self.get_all(header, [])]
         found = []
         for _name, address in getaddresses(values):
             address = address.lower()
@@ -64,9 +65,18 @@ class Message(email.message.Message):
         return found
 
 
-def _decoded(value: str) -> str:
-    # RFC 2047 encoded words decoded; a value without any is as it is.
-    return str(make_header(decode_header(value))) if "=?" in value else value
+def decoded(value: str) -> str:
+    """*value* with its RFC 2047 encoded words decoded, for showing it.
+
+    A value without any is returned as it is; one whose encoded words are
+    broken is shown as it is too.
+    """
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, email.errors.HeaderParseError):
+        return value
 
 
 def message_from_string(text: str) -> Message:

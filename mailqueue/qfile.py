@@ -26,6 +26,7 @@ import email.message
 import errno
 import functools
 import hashlib
+import io
 import itertools
 import math
 import os
@@ -39,10 +40,12 @@ from typing import Any, NamedTuple
 
 from mailqueue import safepickle
 from mailqueue.errors import MailqueueError
+from mailqueue.message import Message
 
 __all__ = [
     "DIGEST_BITS",
     "FILEBASE",
+    "FILE_MODE",
     "LOCAL_FILE_SYSTEMS",
     "MAX_ENTRY_SIZE",
     "PICKLE_PROTOCOL",
@@ -67,6 +70,8 @@ __all__ = [
 QFILE_SCHEMA_VERSION = 3
 #: The pickle protocol this implementation writes (readers accept 0 to 5).
 PICKLE_PROTOCOL = 4
+#: The mode of every queue file written, as GNU Mailman's are.
+FILE_MODE = 0o660
 #: The width of the digest in a file name, in bits.
 DIGEST_BITS = 160
 #: The largest entry read or written, in bytes, unless the queue says otherwise.
@@ -299,7 +304,12 @@ def dump_checked(obj: Any, what: str) -> bytes:
     the error, a :exc:`TypeError`.
     """
     try:
-        data = pickle.dumps(obj, PICKLE_PROTOCOL)
+        if type(obj) in _PORTABLE_NAMES:
+            data = _portable_dumps(obj)
+        else:
+            data = pickle.dumps(obj, PICKLE_PROTOCOL)
+            if _OWN_NAME in data:
+                data = _portable_dumps(obj)
         if not safepickle.is_plain(obj, len(data)):
             safepickle.check(data)
     except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
@@ -310,6 +320,37 @@ def dump_checked(obj: Any, what: str) -> bytes:
             f"{safepickle.MAX_DEPTH} levels deep"
         ) from None
     return data
+
+
+# Our message class pickles under its own module's name, which no reader
+# without mailqueue can import; it is written under the name of the class it
+# adds nothing to the state of.
+_OWN_NAME = b"mailqueue.message"
+_PORTABLE_NAMES = {Message: ("email.message", "Message")}
+
+
+def _portable_dumps(obj: Any) -> bytes:
+    """Pickle *obj* with each of our classes named as :data:`_PORTABLE_NAMES` says.
+
+    The C pickler writes a class it has seen before as a reference to its
+    memo; so the memo is given each class at the start, and the pickle is
+    given, after its protocol opcode, what makes those memo entries: the
+    global under its portable name, memoized, and popped off the stack.
+    """
+    stream = io.BytesIO()
+    pickler = pickle.Pickler(stream, PICKLE_PROTOCOL)
+    prelude = bytearray()
+    memo = {}
+    for index, (cls, (module, name)) in enumerate(_PORTABLE_NAMES.items()):
+        memo[id(cls)] = (index, cls)
+        for text in (module.encode(), name.encode()):
+            prelude += pickle.SHORT_BINUNICODE + bytes([len(text)]) + text
+        prelude += pickle.STACK_GLOBAL + pickle.MEMOIZE + pickle.POP
+    pickler.memo = memo
+    pickler.dump(obj)
+    data = stream.getvalue()
+    # data[:2] is PROTO 4: the prelude comes next, before the first frame.
+    return data[:2] + bytes(prelude) + data[2:]
 
 
 def read_file(path: str, max_size: int = MAX_ENTRY_SIZE) -> bytes:
@@ -454,7 +495,7 @@ def write_file(
     try:
         if not written:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o660)
-            _write_temporary(fd, parts, 0)
+            _write_temporary(fd, parts, None)
         os.rename(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -463,9 +504,17 @@ def write_file(
     fsync_directory(os.path.dirname(path))
 
 
-def _write_temporary(fd: int, parts: tuple[bytes | memoryview, ...], old: int) -> None:
-    # Write parts over what fd holds (old bytes of it), flush, and close it.
+def _write_temporary(
+    fd: int, parts: tuple[bytes | memoryview, ...], old: int | None
+) -> None:
+    # Write parts over what fd holds (old bytes of it, None for a new file),
+    # flush, and close it.
     try:
+        if old is None:
+            # GNU Mailman's mode, whatever the umask: its runners (the same
+            # user, or its group) read what an operator's tool writes.
+            os.fchmod(fd, FILE_MODE)
+            old = 0
         size = _write_all(fd, parts)
         # A spare may be longer than this entry: nothing of it may stay.
         if old > size:

@@ -17,7 +17,9 @@ the documents do.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import time
@@ -28,8 +30,10 @@ from typing import Any
 from mailqueue import qfile
 from mailqueue.configuration import config
 from mailqueue.errors import MailqueueError
+from mailqueue.message import decoded
 
 __all__ = [
+    "MAILMAN_NEEDS",
     "EntryError",
     "QueueEntry",
     "Unshunted",
@@ -129,10 +133,13 @@ def list_entries(queues: Iterable[str] | None = None) -> list[QueueEntry]:
 def _read(queue: str, path: str, parsed: qfile.FileBase) -> QueueEntry:
     try:
         size = os.lstat(path).st_size
+    except OSError:
+        size = 0  # gone since it was listed: the load below says so
+    try:
         msg, metadata, _ = qfile.load_entry(path, config.max_entry_size)
     except (OSError, qfile.QueueFileError) as error:
         return QueueEntry(
-            queue, parsed.text, path, parsed.when, 0, "", "", "", str(error)
+            queue, parsed.text, path, parsed.when, size, "", "", "", str(error)
         )
     names = [metadata.get(key) for key in ("listid", "listname")]
     mlist = next((name for name in names if isinstance(name, str)), "")
@@ -140,7 +147,8 @@ def _read(queue: str, path: str, parsed: qfile.FileBase) -> QueueEntry:
         sender, subject = "", "(stored as text)"
     else:
         try:
-            sender, subject = msg.sender, str(msg.get("subject", ""))
+            sender = msg.sender
+            subject = decoded(str(msg.get("subject", "")))
         except Exception:  # a message put together so that it cannot say
             sender, subject = "", "(unreadable headers)"
     return QueueEntry(
@@ -187,18 +195,72 @@ def release(entry: QueueEntry) -> str:
     return target
 
 
-def requeue(entry: QueueEntry, queue: str) -> str:
-    """Move *entry* (queued, preserved or held) to be queued in *queue*."""
+def requeue(entry: QueueEntry, queue: str, reset_count: bool = False) -> str:
+    """Move *entry* (queued, preserved or held) to be queued in *queue*.
+
+    With *reset_count*, its count of recoveries (``_bak_count``) starts
+    again, and it may go back to the queue it is in.  On a GNU Mailman site,
+    an entry that lacks what *queue*'s runner needs (``recipients`` for
+    ``out``, say) is refused, naming what it lacks.
+    """
     section = config.runners.get(queue)
     if section is None or section.path is None:
         raise EntryError(f"no queue is called {queue!r}")
-    if entry.queue == queue:
+    if entry.queue == queue and not reset_count:
         raise EntryError(f"{entry.filebase} is in {queue} already")
     target = os.path.join(section.path, entry.filebase + ".pck")
-    os.makedirs(section.path, mode=0o770, exist_ok=True)
-    _move(entry, target)
+    gone = f"{entry.filebase} is gone (or a runner took it)"
+    if config.mailman is not None or reset_count:
+        try:
+            _, metadata, message = qfile.load_entry(entry.path, config.max_entry_size)
+        except FileNotFoundError:
+            raise EntryError(
+                f"{entry.filebase} is gone (or a runner took it)"
+            ) from None
+        except qfile.QueueFileError as error:
+            raise EntryError(f"{error}: it is left where it is") from None
+        if config.mailman is not None:
+            _check_needs(entry.filebase, queue, metadata)
+    if reset_count:
+        taken = _take(entry.path)
+        if taken is None:
+            raise EntryError(gone)
+        metadata.setdefault("_bak_count", 0)  # so that it is written anew
+        try:
+            _move_file(taken, entry.filebase, section.path, message, metadata)
+        except BaseException:
+            os.rename(taken, entry.path)
+            raise
+    else:
+        os.makedirs(section.path, mode=0o770, exist_ok=True)
+        _move(entry, target)
     alog.info("requeued %s from %s to %s", entry.filebase, entry.queue, queue)
     return target
+
+
+#: What GNU Mailman's runners need in an entry's metadata, by queue: the
+#: list (``listid``, or the older ``listname``), and what each one reads.
+MAILMAN_NEEDS = {
+    "archive": ("listid",),
+    "digest": ("listid", "volume", "digest_number", "digest_path"),
+    "in": ("listid",),
+    "out": ("listid", "recipients"),
+    "pipeline": ("listid",),
+    "virgin": ("listid",),
+}
+
+
+def _check_needs(filebase: str, queue: str, metadata: dict[str, Any]) -> None:
+    present = set(metadata) | ({"listid"} if "listname" in metadata else set())
+    lacking = [key for key in MAILMAN_NEEDS.get(queue, ()) if key not in present]
+    if queue == "out" and "recipients" in metadata and not metadata["recipients"]:
+        lacking.append("recipients")  # Mailman's delivery drops an empty set
+    if lacking:
+        raise EntryError(
+            f"{filebase}: GNU Mailman's {queue} runner needs "
+            f"{' and '.join(sorted(set(lacking)))} in the metadata, which this "
+            "entry lacks; it is left where it is"
+        )
 
 
 def _move(entry: QueueEntry, target: str) -> None:
@@ -267,49 +329,133 @@ class Unshunted:
 def unshunt(discard: bool = False) -> Iterator[Unshunted]:
     """Move every shunted entry back to the queue it came from (its ``whichq``).
 
-    With *discard*, delete them instead.  An entry that cannot be read, or
-    cannot be queued again, is preserved in ``bad``; one that names no queue
-    to go back to stays in ``shunt``; the others go on.
+    As GNU Mailman's ``unshunt`` does, an entry that names no queue goes to
+    ``in``, and ``whichq`` stays in its metadata.  The message's bytes are
+    kept as they are; the metadata too, but for the count of recoveries
+    (``_bak_count``), which starts again.  With *discard*, the entries are
+    deleted instead.  An entry that cannot be read is preserved in ``bad``;
+    one whose queue is unknown, or that fails in any other way, stays in
+    ``shunt``; the others go on.  One unshunt runs at a time.
     """
-    shunt = config.switchboards["shunt"]
-    # As Mailman's does: entries an earlier unshunt was killed in the middle
-    # of (.bak files) go back to the shunt queue first.
-    recovering = config.switchboards.make("shunt", recover=True)
-    del recovering
-    for filebase in shunt.files:
-        try:
-            msg, msgdata = shunt.dequeue(filebase)
-        except FileNotFoundError:
-            continue  # taken by another process
-        except qfile.QueueFileError as error:
-            shunt.finish(filebase, preserve=True)
-            yield Unshunted(filebase, False, f"{error}; moved to bad")
-            continue
-        if discard:
-            shunt.finish(filebase)
-            yield Unshunted(filebase, True, f"discarded {filebase}")
-            continue
-        target = msgdata.pop("whichq", None)
-        known = isinstance(target, str) and target in config.switchboards
-        try:
-            if not known or target in ("shunt", "bad"):
-                # Nowhere to send it: it stays in shunt, under a new file base.
-                shunt.enqueue(msg, msgdata, whichq=target)
-                shunt.finish(filebase)
+    shunt = config.runners["shunt"].path
+    assert shunt is not None
+    with _unshunt_lock():
+        # As Mailman's does: entries an unshunt was killed in the middle of
+        # (.bak files) go back to the shunt queue first.
+        for filebase in qfile.list_queue(shunt, ".bak"):
+            backup = os.path.join(shunt, filebase + ".bak")
+            if os.path.lexists(os.path.join(shunt, filebase + ".pck")):
+                _preserve(backup, filebase)  # two of one name: keep both
+            else:
+                _rename(backup, filebase, shunt, ".pck")
+        for filebase in qfile.list_queue(shunt, ".pck"):
+            taken = _take(os.path.join(shunt, filebase + ".pck"))
+            if taken is None:
+                continue  # taken by another process
+            try:
+                yield _unshunt_one(taken, filebase, discard)
+            except Exception as error:  # whatever it was, the others go on
+                _rename(taken, filebase, shunt, ".pck")
                 yield Unshunted(
                     filebase,
                     False,
-                    f"{filebase} names no queue to go back to "
-                    f"(whichq {target!r:.80}); left in shunt",
+                    f"{filebase}: {type(error).__name__}: {error!s:.200}; "
+                    "left in shunt",
                 )
-                continue
-            new_filebase = config.switchboards[target].enqueue(msg, msgdata)
-        except (TypeError, ValueError) as error:
-            # What a queue file held that cannot be queued again.
-            shunt.finish(filebase, preserve=True)
-            yield Unshunted(filebase, False, f"{filebase}: {error}; moved to bad")
-            continue
-        shunt.finish(filebase)
-        yield Unshunted(
-            filebase, True, f"moved {filebase} to {target} as {new_filebase}"
+
+
+def _unshunt_one(taken: str, filebase: str, discard: bool) -> Unshunted:
+    shunt = os.path.dirname(taken)
+    try:
+        _, metadata, message = qfile.load_entry(taken, config.max_entry_size)
+    except qfile.QueueFileError as error:
+        _preserve(taken, filebase)
+        return Unshunted(filebase, False, f"{error}; moved to bad")
+    if discard:
+        os.unlink(taken)
+        qfile.fsync_directory(shunt)
+        alog.info("discarded %s from shunt", filebase)
+        return Unshunted(filebase, True, f"discarded {filebase}")
+    target = metadata.get("whichq", "in")
+    section = config.runners.get(target) if isinstance(target, str) else None
+    if section is None or section.path is None or target in ("shunt", "bad"):
+        _rename(taken, filebase, shunt, ".pck")
+        return Unshunted(
+            filebase,
+            False,
+            f"{filebase} names no queue to go back to "
+            f"(whichq {target!r:.80}); left in shunt",
         )
+    _move_file(taken, filebase, section.path, message, metadata)
+    alog.info("unshunted %s to %s", filebase, target)
+    return Unshunted(filebase, True, f"moved {filebase} to {target} as {filebase}")
+
+
+@contextlib.contextmanager
+def _unshunt_lock() -> Iterator[None]:
+    # In mailqueue's own var dir: never in a queue directory of Mailman's.
+    directory = os.path.join(config.VAR_DIR, "locks")
+    os.makedirs(directory, mode=0o770, exist_ok=True)
+    fd = os.open(os.path.join(directory, "unshunt.lock"), os.O_RDWR | os.O_CREAT, 0o660)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _take(path: str) -> str | None:
+    """Rename the entry at *path* to ``.bak``, as a runner takes one; None if gone."""
+    taken = os.path.splitext(path)[0] + ".bak"
+    try:
+        os.rename(path, taken)
+    except FileNotFoundError:
+        return None
+    return taken
+
+
+def _preserve(path: str, filebase: str) -> None:
+    """Move the entry at *path* to ``bad``, under a new file base if need be."""
+    bad = config.runners["bad"].path
+    assert bad is not None
+    target = filebase
+    while os.path.lexists(os.path.join(bad, target + ".psv")):
+        parsed = qfile.parse_filebase(target)
+        target = qfile.make_filebase(b"", filebase, parsed.when if parsed else None)
+    _rename(path, target, bad, ".psv")
+
+
+def _rename(path: str, filebase: str, directory: str, extension: str) -> None:
+    target = os.path.join(directory, filebase + extension)
+    os.makedirs(directory, mode=0o770, exist_ok=True)
+    if os.path.lexists(target):  # nothing is ever replaced
+        raise EntryError(f"{filebase}: {target} exists already")
+    os.rename(path, target)
+    qfile.fsync_directory(directory)
+    qfile.fsync_directory(os.path.dirname(path))
+
+
+def _move_file(
+    taken: str,
+    filebase: str,
+    directory: str,
+    message: memoryview,
+    metadata: dict[str, Any],
+) -> None:
+    """Queue the entry at *taken* in *directory*, then remove *taken*.
+
+    Its bytes move unchanged, by a rename, unless the metadata has a
+    recovery count to start again; then the message's bytes are kept and
+    the metadata is written anew.
+    """
+    target = os.path.join(directory, filebase + ".pck")
+    if os.path.lexists(target):
+        raise EntryError(f"{filebase}: {target} exists already")
+    if "_bak_count" not in metadata:
+        _rename(taken, filebase, directory, ".pck")
+        return
+    metadata = {key: value for key, value in metadata.items() if key != "_bak_count"}
+    os.makedirs(directory, mode=0o770, exist_ok=True)
+    qfile.write_file(target, (message, qfile.dump_checked(metadata, "metadata")))
+    os.unlink(taken)
+    qfile.fsync_directory(os.path.dirname(taken))

@@ -147,6 +147,9 @@ _ALLOWED.update(
         ("mailman.email.message", "Message"): Message,
         ("mailman.email.message", "UserNotification"): Message,
         ("mailman.email.message", "OwnerNotification"): Message,
+        ("mailman.email.message", "MultipartDigestMessage"): Message,
+        # What mailqueue writes its own messages as (see qfile.dump_checked).
+        ("email.message", "Message"): Message,
         # What protocols 0 to 2 need to rebuild objects and bytes, under both
         # their Python 3 and their Python 2 module names.
         ("copyreg", "_reconstructor"): _RECONSTRUCTOR,

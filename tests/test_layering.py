@@ -24,6 +24,7 @@ LAYERS = {
     "switchboard": 0,
     "lists": 0,
     "logs": 0,
+    "mailman_site": 0,
     # The configuration, which makes the core's objects.
     "configuration": 1,
     # What runs on a configuration.

@@ -389,15 +389,16 @@ def shunted(subject, **metadata):
 def test_unshunt_passes_over_an_entry_another_process_took(var_dir, monkeypatch):
     shunt = config.switchboards["shunt"]
     taken, left = shunted("taken"), shunted("left")
-    real = type(shunt).dequeue
+    real = queuetools._take
 
-    def taken_first(board, filebase):
-        if filebase == taken:
-            # Another unshunt, just after this one listed the queue.
-            os.rename(board._path(filebase, ".pck"), board._path(filebase, ".bak"))
-        return real(board, filebase)
+    def taken_first(path):
+        if os.path.basename(path) == taken + ".pck":
+            # A runner or a tool of another site, just after this one listed
+            # the queue.
+            os.rename(path, shunt._path(taken, ".bak"))
+        return real(path)
 
-    monkeypatch.setattr(type(shunt), "dequeue", taken_first)
+    monkeypatch.setattr(queuetools, "_take", taken_first)
     done = list(queuetools.unshunt())
     assert [(item.filebase, item.ok) for item in done] == [(left, True)]
     # The other process's entry is left to it.
@@ -405,23 +406,20 @@ def test_unshunt_passes_over_an_entry_another_process_took(var_dir, monkeypatch)
     assert [e.subject for e in queuetools.list_entries(["in"])] == ["left"]
 
 
-def test_unshunt_moves_to_bad_an_entry_its_queue_cannot_take(var_dir):
-    # Shunted as text, it fits the limit; parsed again, as a message, it
-    # no longer does.
+def test_unshunt_moves_an_entry_with_its_bytes(var_dir):
+    # Shunted as text, it fits the limit exactly; it goes back as it is,
+    # never parsed and pickled again (which would make it larger).
     shunt = config.switchboards["shunt"]
     filebase = shunted("x" * 400, _plaintext=True)
-    limit = os.path.getsize(os.path.join(shunt.queue_directory, filebase + ".pck"))
-    config.push("small", f"[queues]\nmax_entry_size: {limit}\n")
+    path = os.path.join(shunt.queue_directory, filebase + ".pck")
+    with open(path, "rb") as stream:
+        stored = stream.read()
+    config.push("small", f"[queues]\nmax_entry_size: {len(stored)}\n")
     [done] = queuetools.unshunt()
-    assert not done.ok
-    assert done.text.startswith(
-        f"{filebase}: cannot queue an entry of "
-    ) and done.text.endswith(
-        f" bytes in the 'in' queue: its limit is {limit:,}; moved to bad"
-    )
-    assert [(e.queue, e.filebase) for e in queuetools.list_entries()] == [
-        ("bad", filebase)
-    ]
+    assert done.ok, done.text
+    [entry] = queuetools.list_entries()
+    with open(entry.path, "rb") as stream:
+        assert (entry.queue, entry.filebase, stream.read()) == ("in", filebase, stored)
 
 
 # The list database -----------------------------------------------------------

@@ -83,11 +83,11 @@ def test_what_an_entry_says_of_itself(var_dir):
         "(stored as text)",
         "l@x.org",
     )
-    # Which cannot be read, says why.
+    # Which cannot be read, says why, and still shows its size.
     with open(entry.path, "wb") as stream:
         stream.write(b"not a pickle")
     [unreadable] = queuetools.list_entries(["in"])
-    assert "not a queue entry" in unreadable.problem and unreadable.size == 0
+    assert "not a queue entry" in unreadable.problem and unreadable.size == 12
 
 
 @pytest.mark.parametrize(

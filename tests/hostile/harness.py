@@ -272,6 +272,11 @@ class _Child:
                 if stat.S_ISREG(mode) and stat.S_IMODE(mode):
                     os.chmod(target, 0o666)
         if self.case.kind == "unreadable":
+            # The queues belong to whoever runs the tools on them (the tools
+            # refuse to write in another user's queues).
+            for directory, names, files in os.walk(self.where):
+                for name in [".", *names, *files]:
+                    os.lchown(os.path.join(directory, name), NOBODY, NOBODY)
             os.setgid(NOBODY)
             os.setuid(NOBODY)
         classes = _class_state()
