@@ -75,7 +75,8 @@ def test_layouts_and_the_environment(tmp_path, monkeypatch):
         ("[meta]\nextends: other.cfg\n", "[meta] extends is not followed"),
         ("no section\n", "not INI text (MissingSectionHeaderError)"),
         (
-            "[mailman]\nlayout: x\n[paths.x]\nvar_dir: $queue_dir\nqueue_dir: $var_dir\n",
+            "[mailman]\nlayout: x\n[paths.x]\n"
+            "var_dir: $queue_dir\nqueue_dir: $var_dir\n",
             "cannot expand [paths] ",
         ),
     ],
@@ -87,7 +88,7 @@ def test_what_cannot_be_read_is_one_line(tmp_path, text, error):
 
 
 def test_files_that_are_not_configurations(tmp_path):
-    with pytest.raises(MailmanSiteError, match="cannot read .*No such file"):
+    with pytest.raises(MailmanSiteError, match=r"cannot read .*No such file"):
         read_site(str(tmp_path / "missing.cfg"))
     (tmp_path / "latin.cfg").write_bytes(b"[mailman]\n# caf\xe9\n")
     with pytest.raises(MailmanSiteError, match=r"not UTF-8 text \(byte 15\)"):
