@@ -379,10 +379,9 @@ def _mailman_status(site: MailmanSite, as_json: bool) -> int:
     if state.lock is not None:
         host, pid = state.lock
         print(f"  master lock {site.paths['LOCK_FILE']}: held by pid {pid} on {host}")
-    for spec, runner in runners.items():
-        if runner["state"] != "not started" or state.alive:
-            pid_text = str(runner["pid"] or "-")
-            print(f"  runner {spec:<14} {runner['state']:<11} pid {pid_text}")
+    for spec, runner in runners.items() if state.alive else ():
+        pid_text = str(runner["pid"] or "-")
+        print(f"  runner {spec:<14} {runner['state']:<11} pid {pid_text}")
     return status
 
 

@@ -75,8 +75,7 @@ def test_layouts_and_the_environment(tmp_path, monkeypatch):
         ("[meta]\nextends: other.cfg\n", "[meta] extends is not followed"),
         ("no section\n", "not INI text (MissingSectionHeaderError)"),
         (
-            "[mailman]\nlayout: x\n[paths.x]\n"
-            "var_dir: $queue_dir\nqueue_dir: $var_dir\n",
+            "[mailman]\nlayout: x\n[paths.x]\nvar_dir: /a/$var_dir\n",
             "cannot expand [paths] ",
         ),
     ],
