@@ -843,7 +843,7 @@ _DONE = {
 def _flush(arguments: argparse.Namespace, config_file: str | None) -> int:
     if config.mailman is not None:
         retry = config.runners.get("retry")
-        every = f"every {retry.sleep_time}" if retry else "in its own time"
+        every = f"every {retry.sleep_time.total_seconds():g} s" if retry else "in time"
         raise CommandError(
             "flush cannot be done on a GNU Mailman site: Mailman's master has no "
             "signal that makes its runners try now; its retry runner moves "
