@@ -355,12 +355,15 @@ def unshunt(discard: bool = False) -> Iterator[Unshunted]:
             try:
                 yield _unshunt_one(taken, filebase, discard)
             except Exception as error:  # whatever it was, the others go on
-                _rename(taken, filebase, shunt, ".pck")
+                where = "left in shunt"
+                try:
+                    _rename(taken, filebase, shunt, ".pck")
+                except EntryError:  # its name came back meanwhile: keep both
+                    where += " as .bak, for the next unshunt"
                 yield Unshunted(
                     filebase,
                     False,
-                    f"{filebase}: {type(error).__name__}: {error!s:.200}; "
-                    "left in shunt",
+                    f"{filebase}: {type(error).__name__}: {error!s:.200}; {where}",
                 )
 
 

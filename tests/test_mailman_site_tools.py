@@ -180,3 +180,35 @@ def test_unshunt_goes_on_past_any_failure(capsys, var_dir, monkeypatch):
 def test_broken_encoded_words_are_shown_as_they_are():
     assert decoded("=?x-no-such-charset?q?a?=") == "=?x-no-such-charset?q?a?="
     assert decoded("=?utf-8?q?Gr=C3=BC=C3=9Fe?=") == "Grüße"
+
+
+def test_unshunt_keeps_both_when_the_name_comes_back_while_it_works(
+    capsys, var_dir, monkeypatch
+):
+    # An entry naming no queue is taken (.bak) and is to go back to shunt as
+    # .pck; meanwhile another process has queued one of the same name there.
+    # Neither is lost nor replaced, and the others go on.
+    first = queued("shunt", whichq="nowhere")
+    second = queued("shunt", whichq="in")
+    shunt = config.runners["shunt"].path
+    real = qfile.load_entry
+
+    def racing(path, *args):
+        if first in path:
+            with open(os.path.join(shunt, first + ".pck"), "wb") as other:
+                other.write(b"another process's entry")
+        return real(path, *args)
+
+    monkeypatch.setattr(qfile, "load_entry", racing)
+    status, out, err = run(capsys, "unshunt")
+    assert status == 1 and out == f"moved {second} to in as {second}\n"
+    assert err.startswith(f"mailqueue: error: {first}: EntryError: ")
+    assert err.endswith("exists already; left in shunt as .bak, for the next unshunt\n")
+    assert sorted(os.listdir(shunt)) == [first + ".bak", first + ".pck"]
+    with open(os.path.join(shunt, first + ".pck"), "rb") as other:
+        assert other.read() == b"another process's entry"
+    # The next unshunt keeps both: the taken one is preserved in bad (and the
+    # other, unreadable, beside it).
+    monkeypatch.undo()
+    run(capsys, "unshunt")
+    assert os.listdir(shunt) == [] and len(os.listdir(config.runners["bad"].path)) == 2
