@@ -32,7 +32,8 @@ nitpicky = True
 # (pytest's classes appear in the conformance report's signatures, and
 # pickle.Unpickler as the base of safepickle.SafeUnpickler.)
 _UNRESOLVED = (
-    "collections email datetime sqlite3 types typing logging pathlib pytest pickle"
+    "argparse collections email datetime sqlite3 types typing logging pathlib pytest"
+    " pickle"
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"_?({'|'.join(_UNRESOLVED.split())})(\..*)?"),

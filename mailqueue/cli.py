@@ -26,6 +26,7 @@ from typing import Any
 
 from mailqueue import __version__, qfile, queuetools
 from mailqueue.configuration import config
+from mailqueue.conformance import command as conformance
 from mailqueue.errors import MailqueueError
 from mailqueue.logs import logging_to
 from mailqueue.mailman_site import MailmanSite, master_state
@@ -52,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mailqueue`` command with *argv*; return its exit status."""
     parser = _parser()
     arguments = parser.parse_args(argv)
+    if arguments.command_name == "conformance":
+        # About another implementation: no site, no configuration.
+        return int(arguments.command(arguments, None))
     config_file = arguments.config or os.environ.get("MAILQUEUE_CONFIG")
     try:
         with _configuration(config_file), _mailman_option(arguments.mailman):
@@ -882,6 +886,15 @@ def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:
     config.lists.delete(found)
     print(f"deleted {found.fqdn_listname}")
     return 0
+
+
+@_command(
+    "conformance",
+    "check an implementation against the spec, through its adapter",
+    setup=conformance.add_arguments,
+)
+def _conformance(arguments: argparse.Namespace, config_file: str | None) -> int:
+    return conformance.run(arguments)
 
 
 # The command line -----------------------------------------------------------

@@ -76,6 +76,12 @@ class Switchboard:
     switchboard it makes the ``bad`` queue's directory.
     """
 
+    #: Whether a small finished entry may be kept as a spare file, to be
+    #: written over by a later one (see :class:`~mailqueue.qfile.SparePool`;
+    #: never on a network file system).  A subclass that wants a new file
+    #: for every entry sets it to False.
+    keep_spares = True
+
     def __init__(
         self,
         name: str,
@@ -118,6 +124,8 @@ class Switchboard:
         self._closers: dict[int, weakref.finalize[[int], Switchboard]] = {}
         self.recovered = 0
         self._spares = qfile.SparePool(queue_directory)
+        if not self.keep_spares:
+            self._spares.enabled = False
         #: The sizes of the entries this switchboard dequeued and has not
         #: finished: those small enough become spares when finished.
         self._sizes: dict[str, int] = {}

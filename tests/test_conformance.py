@@ -1,5 +1,6 @@
 """The conformance run: it reports what an implementation does, and judges it."""
 
+import argparse
 import importlib.util
 import json
 import os
@@ -7,12 +8,14 @@ import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 import types
 from pathlib import Path
 
 import pytest
 
-from mailqueue.conformance import mailman
+from mailqueue import cli
+from mailqueue.conformance import command, mailman, spec
 from mailqueue.conformance.adapter import AdapterError, load_adapter
 from mailqueue.conformance.spec import SpecDocument
 
@@ -73,6 +76,7 @@ def conformance_run(
             "-p",
             "no:cacheprovider",
             f"--implementation={implementation}",
+            f"--report-dir={tmp_path / 'report'}",
             *options,
         ],
         cwd=ROOT,
@@ -95,6 +99,8 @@ def test_a_broken_implementation_is_reported_non_conformant(tmp_path):
     closing = report.strip().splitlines()[-1]
     passed, failed = (int(part.split()[0]) for part in closing.split(", "))
     assert closing == f"{passed} passed, {failed} failed" and failed > 0
+    # The report and JUnit XML go where --report-dir says.
+    assert sorted(os.listdir(tmp_path / "report")) == ["junit.xml", "report.json"]
 
 
 FAILURE_LINE = re.compile(r"^switchboard\.rst:\d+ \[(\w+)\] (.+?): (failed|errored)")
@@ -106,34 +112,53 @@ def failing_sections(report):
     return {(match[2], match[1]) for match in matches if match}
 
 
-def failing_examples():
-    """The (document, section, example) of every failure of the last not-fifo run."""
-    report = json.loads((ROOT / "build/conformance/not-fifo/report.json").read_text())
+def failing_examples(tmp_path, level=None):
+    """The (document, section, example) of every failure of the last run."""
     return {
         (e["document"], e["section"], e["example"])
-        for e in report["examples"]
-        if e["outcome"] != "passed"
+        for e in report_of(tmp_path)["examples"]
+        if e["outcome"] != "passed" and level in (None, e["level"])
     }
+
+
+FIFO = ("switchboard.rst", "Queue order", "switchboard.files == [first, second, third]")
 
 
 def test_known_divergences_are_reported_and_accepted_example_by_example(tmp_path):
     failing = failing_sections(conformance_run(tmp_path, "third_party_adapter").stdout)
     assert ("Queue order", "MUST") in failing
-    examples = failing_examples()
-    assert (
-        "switchboard.rst",
-        "Queue order",
-        "switchboard.files == [first, second, third]",
-    ) in examples
+    examples = failing_examples(tmp_path)
+    assert FIFO in examples
     known = repr(dict.fromkeys(examples, "lists newest first"))
     result = conformance_run(tmp_path, "third_party_adapter", known)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "known divergence: lists newest first" in result.stdout
     assert failing_sections(result.stdout) == failing
-    # A failure not listed fails the run, even in a section with listed ones.
-    one_short = repr(dict.fromkeys(sorted(examples)[1:], "lists newest first"))
+    # Known divergences are counted apart from the failures.
+    closing = result.stdout.strip().splitlines()[-1]
+    assert closing.endswith(f", 0 failed, {len(examples)} known divergences")
+    # A MUST failure not listed fails the run, even in a section with listed ones.
+    one_short = repr(dict.fromkeys(examples - {FIFO}, "lists newest first"))
     result = conformance_run(tmp_path, "third_party_adapter", one_short)
     assert result.returncode == 1, result.stdout[-3000:]
+    assert result.stdout.strip().endswith(
+        f", 1 failed, {len(examples) - 1} known divergences"
+    )
+
+
+def test_a_should_failure_is_reported_and_does_not_fail_the_run(tmp_path):
+    conformance_run(tmp_path, "third_party_adapter")
+    should = failing_examples(tmp_path, "SHOULD")
+    must = failing_examples(tmp_path, "MUST")
+    assert should and must
+    # Every MUST failure known: the SHOULD ones alone do not fail the run.
+    result = conformance_run(
+        tmp_path, "third_party_adapter", repr(dict.fromkeys(must, "newest first"))
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert len(must) == 1  # the FIFO example
+    assert result.stdout.strip().endswith(f", {len(should)} failed, 1 known divergence")
+    assert failing_examples(tmp_path, "SHOULD") == should
 
 
 def test_a_known_divergence_that_no_longer_fails_is_itself_a_failure(tmp_path):
@@ -199,6 +224,82 @@ SPEC_DOCUMENTS = [
 def test_the_spec_documents_are_the_ones_with_levels():
     names = [path.name for path in SPEC_DOCUMENTS]
     assert names == ["queue-files.rst", "runner.rst", "switchboard.rst"]
+    # The package knows them, and the wheel carries exactly them.
+    assert list(spec.SPEC_DOCUMENTS) == names
+    with open(ROOT / "pyproject.toml", "rb") as stream:
+        wheel = tomllib.load(stream)["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert wheel["force-include"] == {
+        f"docs/{name}": f"mailqueue/conformance/documents/{name}" for name in names
+    }
+
+
+def test_without_a_copy_of_the_documents_there_is_no_spec(tmp_path, monkeypatch):
+    monkeypatch.setattr(spec, "_PACKAGED", tmp_path / "documents")
+    assert spec.documents_directory() == ROOT / "docs"
+    monkeypatch.setattr(spec, "_CHECKOUT", tmp_path / "docs")
+    with pytest.raises(spec.SpecNotFoundError, match="reinstall mailqueue"):
+        spec.documents_directory()
+
+
+def conformance_arguments(*argv):
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_the_command_gives_pytest_the_packaged_documents_and_its_options():
+    options = command.pytest_arguments(conformance_arguments("mailman"))
+    documents = [str(ROOT / "docs" / name) for name in spec.SPEC_DOCUMENTS]
+    assert options[:3] == documents
+    assert options[3:7] == ["-c", os.devnull, "--rootdir", str(ROOT / "docs")]
+    assert "-q" in options and "-v" not in options
+    assert "--implementation=mailman" in options
+    assert f"--timeout={command.TIMEOUT}" in options
+    assert not [o for o in options if o.startswith(("--report-dir", "--level", "-k"))]
+    chosen = conformance_arguments(
+        "x:Y", "--report", "out", "--level", "SHOULD", "-k", "slices", "-v"
+    )
+    options = command.pytest_arguments(chosen)
+    assert f"--report-dir={os.path.abspath('out')}" in options
+    assert options[-3:] == ["--level=SHOULD", "-k", "slices"]
+    assert "-v" in options and "-q" not in options
+
+
+def test_the_command_runs_without_pytest_timeout(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name: None if name == "pytest_timeout" else real(name),
+    )
+    options = command.pytest_arguments(conformance_arguments("mailqueue"))
+    assert not [option for option in options if option.startswith("--timeout")]
+
+
+def test_the_command_says_in_one_line_what_it_lacks(monkeypatch, tmp_path, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name: None if name in ("pytest", "sybil") else real(name),
+    )
+    assert cli.main(["conformance", "mailqueue"]) == 1
+    assert capsys.readouterr().err == (
+        "mailqueue conformance: error: pytest and sybil not installed: "
+        "pip install 'mailqueue[conformance]'\n"
+    )
+    monkeypatch.undo()
+    monkeypatch.setattr(spec, "_PACKAGED", tmp_path / "documents")
+    monkeypatch.setattr(spec, "_CHECKOUT", tmp_path / "docs")
+    assert command.main(["mailqueue"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("mailqueue conformance: error: the spec documents are")
+    assert error.count("\n") == 1
+    assert cli.main(["conformance", "no_such_module"]) == 1
+    assert capsys.readouterr().err == (
+        "mailqueue conformance: error: cannot load the adapter 'no_such_module': "
+        "No module named 'no_such_module'\n"
+    )
 
 
 @pytest.mark.parametrize("document", SPEC_DOCUMENTS, ids=lambda path: path.name)
@@ -275,7 +376,6 @@ def selection_run(tmp_path, implementation, selection, *options, known="{}"):
         implementation,
         known,
         selection,
-        f"--report-dir={tmp_path / 'report'}",
         *options,
     )
 
@@ -506,3 +606,14 @@ def test_the_mailman_adapter_subscribes_in_the_lists_language_by_default(tmp_pat
     assert result.stdout == "anne@example.com en\n"
     # Nor does it leave its var directories behind.
     assert os.listdir(tmp_path) == []
+
+
+def test_a_selection_of_no_example_says_so(tmp_path):
+    result = conformance_run(
+        tmp_path, "mailqueue", "{}", ("docs/switchboard.rst",), "-k", "no_such_name"
+    )
+    assert result.returncode == 5  # pytest's "no tests collected"
+    assert result.stdout.strip().splitlines()[-2:] == [
+        "No example was run.",
+        "0 passed, 0 failed",
+    ]

@@ -101,9 +101,9 @@ def test_the_configuration_module_has_its_own_name():
 
 #: What a module may import inside a function: optional dependencies only,
 #: which are not installed unless their extra is (mailqueue[mailman],
-#: mailqueue[postgresql]).  Nothing else is imported late, so no late import
-#: stands in for a cycle.
-OPTIONAL = ("mailman", "zope", "psycopg")
+#: mailqueue[postgresql], mailqueue[conformance]).  Nothing else is imported
+#: late, so no late import stands in for a cycle.
+OPTIONAL = ("mailman", "zope", "psycopg", "pytest")
 
 
 @pytest.mark.parametrize(("name", "path"), list(modules()), ids=lambda x: str(x))

@@ -172,3 +172,23 @@ def test_no_spares_where_the_file_system_is_not_local(queue, monkeypatch):
     queue._spares.enabled = False
     cycle(queue)
     assert not os.path.exists(queue._spares.directory)
+
+
+def test_a_subclass_without_spares_makes_a_new_file_for_every_entry(tmp_path):
+    class NoSpares(Switchboard):
+        keep_spares = False
+
+    queue = NoSpares("test", str(tmp_path / "test"))
+    filebase = cycle(queue)
+    assert not os.path.exists(queue._spares.directory)
+    assert os.listdir(queue.queue_directory) == []
+    # The next entry is a new file, whatever the pool holds.
+    os.mkdir(queue._spares.directory)
+    spare = os.path.join(queue._spares.directory, "0")
+    with open(spare, "w") as stream:
+        stream.write("an old entry")
+    second = queue.enqueue(message_from_string(TEXT))
+    assert second != filebase
+    assert os.path.exists(spare)
+    written = os.path.join(queue.queue_directory, second + ".pck")
+    assert os.stat(written).st_ino != os.stat(spare).st_ino

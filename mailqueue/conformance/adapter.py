@@ -44,7 +44,7 @@ class Adapter:
     gives the objects in :meth:`namespace` instead.
     """
 
-    #: A short name, used in reports and in ``build/conformance/<name>/``.
+    #: A short name, used in reports (and the entry point name, by custom).
     name = "unnamed"
     #: One line saying what implementation this is.
     description = ""

@@ -117,6 +117,7 @@ class MailmanAdapter(Adapter):
             "its error log words a failed finish differently ('Failed to "
             "unlink/preserve backup file: ...')": [
                 (S, "Enqueuing and dequeuing", "show_log('error')"),
+                (S, "Enqueuing and dequeuing", "show_log('error') #2"),
             ],
             "its error log words it differently ('.bak file max count, preserving "
             "file: ...')": [(S, "Recovering files", "show_log('error')")],

@@ -1,26 +1,51 @@
 """The pytest plugin that runs the spec documents against an implementation.
 
-It adds ``--implementation=NAME`` (default: the reference, ``mailqueue``),
-gives every document its fixtures from that implementation's adapter, and
-makes ``from mailqueue import ...`` in a document give the adapter's
-classes.  With ``--implementation`` on the command line it also writes the
-conformance report (see :mod:`mailqueue.conformance.report`).
+It collects the documents with Sybil: their doctest examples and
+``.. code-block:: python`` blocks, where the documents are (the installed
+package's, or a checkout's docs/, see
+:func:`~mailqueue.conformance.spec.documents_directory`).  Every document
+gets fresh state and these fixtures from the implementation's adapter, the
+only names a document may use without importing them:
+
+``config``
+    the global configuration, :data:`mailqueue.configuration.config`;
+``create_list``
+    :func:`mailqueue.configuration.create_list`;
+``dump_msgdata``
+    :func:`mailqueue.queuetools.dump_msgdata`, which prints metadata sorted and aligned;
+``message_from_string``
+    :func:`mailqueue.message.message_from_string`;
+``subscribe``
+    ``subscribe(mlist, address, language=None)`` makes *address* a member;
+``show_log``
+    ``show_log(name)`` prints what was logged to ``mailqueue.<name>``
+    (``error``, ``runner``) since it was last called.
+
+``from mailqueue import ...`` in a document gives the adapter's classes.
+The plugin adds ``--implementation=NAME`` (default: the reference,
+``mailqueue``), ``--level=MUST`` (run the examples of one level only) and
+``--report-dir=DIR``; with ``--implementation`` on the command line it
+reports conformance (see :mod:`mailqueue.conformance.report`).  Each
+example also matches ``-k`` by its section's title and its level.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from doctest import ELLIPSIS, NORMALIZE_WHITESPACE, REPORT_NDIFF
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sybil import Sybil
+from sybil.parsers.rest import DocTestParser, PythonCodeBlockParser
 
 from mailqueue.conformance.adapter import FIXTURES, Adapter, AdapterError, load_adapter
-from mailqueue.conformance.report import ConformanceReport
-from mailqueue.conformance.spec import SpecDocument
+from mailqueue.conformance.report import SET_UP, ConformanceReport
+from mailqueue.conformance.spec import LEVELS, Place, SpecDocument, documents_directory
 
-__all__ = ["document_setup"]
+__all__ = ["document_setup", "pytest_collect_file"]
 
 _adapter: Adapter | None = None
 
@@ -38,8 +63,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--report-dir",
         default=None,
         metavar="DIR",
-        help="where the conformance report goes (default: "
-        "build/conformance/IMPLEMENTATION)",
+        help="with --implementation, write the conformance report there "
+        "(report.json and junit.xml)",
+    )
+    parser.addoption(
+        "--level",
+        default=None,
+        choices=LEVELS,
+        help="run only the spec's examples of this requirement level",
     )
 
 
@@ -57,24 +88,54 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(report, "mailqueue-conformance-report")
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
-) -> None:
-    # Another implementation runs the spec, not the pages about our tools.
+) -> Iterator[None]:
+    """Select the examples to run, and those they need.
+
+    Another implementation runs the spec, not the pages about our tools;
+    ``--level`` keeps one level's examples and ``-k`` matches a section's
+    title and level too.  An example builds on the ones before it in its
+    document, so those still run, as its set-up, whatever the selection.
+    """
     assert _adapter is not None
-    if _adapter.runs_reference_documents:
-        return
-    is_spec: dict[str, bool] = {}
+    level = config.getoption("--level")
+    collected = list(items)
+    documents: dict[str, SpecDocument] = {}
+    places: dict[pytest.Item, tuple[SpecDocument, Place]] = {}
+    for item in collected:
+        example = getattr(item, "example", None)
+        if example is not None:
+            if example.path not in documents:
+                documents[example.path] = SpecDocument(example.path)
+            document = documents[example.path]
+            place = document.place(example.line)
+            places[item] = document, place
+            item.extra_keyword_matches.update((place.section, place.level))
+    yield  # pytest's own selection, -k and -m among it
+    selected = set(items)
+    for item, (document, place) in places.items():
+        wanted = (document.is_spec or _adapter.runs_reference_documents) and (
+            level is None or place.level == level
+        )
+        if not wanted:
+            selected.discard(item)
+    last: dict[SpecDocument, int] = {}
+    for index, item in enumerate(collected):
+        if item in selected and item in places:
+            last[places[item][0]] = index
     kept: list[pytest.Item] = []
-    dropped: list[pytest.Item] = []
-    for item in items:
-        path = getattr(getattr(item, "example", None), "path", None)
-        if path is not None and path not in is_spec:
-            is_spec[path] = SpecDocument(path).is_spec
-        (kept if path is None or is_spec[path] else dropped).append(item)
+    for index, item in enumerate(collected):
+        if item in selected:
+            kept.append(item)
+        elif item in places and index < last.get(places[item][0], -1):
+            item.stash[SET_UP] = True
+            kept.append(item)
+    dropped = [item for item in items if item not in kept]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+    items[:] = kept
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +181,18 @@ def document_setup(namespace: dict[str, Any]) -> None:
         return real_import(name, globals, locals, fromlist, level)
 
     namespace["__builtins__"] = {**vars(builtins), "__import__": redirecting_import}
+
+
+pytest_collect_file = Sybil(
+    parsers=[
+        DocTestParser(optionflags=ELLIPSIS | NORMALIZE_WHITESPACE | REPORT_NDIFF),
+        PythonCodeBlockParser(),
+    ],
+    patterns=["*.rst"],
+    path=str(documents_directory()),
+    setup=document_setup,
+    fixtures=list(FIXTURES),
+).pytest()
+pytest_collect_file.__doc__ = (
+    "pytest's hook, from Sybil: the examples of each document, as test items."
+)

@@ -4,18 +4,19 @@ The report counts, per document and section, the examples that passed,
 failed (ran, and showed other output) and errored (could not run), by
 requirement level.  It shows each failure with its example, what the spec
 expects and what the implementation gave, and whether the adapter lists it
-as a known divergence.  It writes ``report.json`` (and pytest writes
-``junit.xml``) under ``build/conformance/<implementation>/`` (or the
-directory ``--report-dir`` names), and ends with
-the line ``N passed, N failed``.
+as a known divergence.  With ``--report-dir=DIR`` it writes
+``DIR/report.json`` (and pytest writes ``DIR/junit.xml``).  It ends with
+the line ``N passed, N failed``, and ``, N known divergences`` when some
+failures are known ones, which are not counted as failed.
 
-The run succeeds when every failure is a known divergence and every known
-divergence still fails: a list of known failures that has gone stale is
-itself a failure, so the list stays true.  A known divergence is judged
-only if its document ran: it is stale if its example passed, or if the
-document has no such example (one deselected or skipped is not judged).
-The report judges only examples: an ordinary test that fails beside them,
-or a collection error, still fails the run.
+The run succeeds when every MUST example passes or is a known divergence,
+and every known divergence still fails: a list of known failures that has
+gone stale is itself a failure, so the list stays true.  A SHOULD example
+that fails is reported, and does not fail the run.  A known divergence is
+judged only if its document ran: it is stale if its example passed, or if
+the document has no such example (one deselected or skipped is not
+judged).  The report judges only examples: an ordinary test that fails
+beside them, or a collection error, still fails the run.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ from mailqueue.conformance.spec import SpecDocument
 if TYPE_CHECKING:
     from sybil import Document
 
-__all__ = ["ConformanceReport", "ExampleResult"]
+__all__ = ["SET_UP", "ConformanceReport", "ExampleResult"]
+
+#: Set on an example that runs only because a selected one after it in its
+#: document builds on it: the report neither counts nor judges it.
+SET_UP = pytest.StashKey[bool]()
 
 
 def example_name(source: str) -> str:
@@ -85,14 +90,12 @@ class ConformanceReport:
     def __init__(self, adapter: Adapter, config: pytest.Config) -> None:
         self.adapter = adapter
         chosen = config.getoption("--report-dir")
-        self.directory = (
-            Path(chosen)
-            if chosen
-            else Path(config.rootpath, "build", "conformance", adapter.name)
-        )
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not config.option.xmlpath:
-            config.option.xmlpath = str(self.directory / "junit.xml")
+        #: Where report.json (and junit.xml) go, if anywhere.
+        self.directory = Path(chosen) if chosen else None
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if not config.option.xmlpath:
+                config.option.xmlpath = str(self.directory / "junit.xml")
         self.results: dict[str, ExampleResult] = {}
         #: Every example of the documents that ran, by its key, and those
         #: documents' file names: what known divergences are judged against.
@@ -100,6 +103,8 @@ class ConformanceReport:
         self.documents: set[str] = set()
         #: Whether a test that is not an example failed.
         self.others_failed = False
+        #: The examples that ran only as the set-up of selected ones.
+        self.set_up: set[str] = set()
         self.stale: list[str] = []
 
     # Collecting what ran ---------------------------------------------
@@ -112,6 +117,9 @@ class ConformanceReport:
             example = getattr(item, "example", None)
             if example is None:
                 # An ordinary test, run beside the spec: not the report's.
+                continue
+            if item.stash.get(SET_UP, False):
+                self.set_up.add(item.nodeid)
                 continue
             if example.path not in by_path:
                 by_path[example.path] = self._examples_of(example.document)
@@ -148,6 +156,8 @@ class ConformanceReport:
         return examples
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.nodeid in self.set_up:
+            return
         result = self.results.get(report.nodeid)
         if result is None:
             self.others_failed = self.others_failed or report.failed
@@ -174,7 +184,10 @@ class ConformanceReport:
             for key in self.adapter.known_divergences
             if key in passing or (key[0] in self.documents and key not in self.named)
         ]
-        unexpected = [r for r in results if _bad(r) and r.known is None]
+        # A SHOULD that fails is reported, and leaves the verdict alone.
+        unexpected = [
+            r for r in results if _bad(r) and r.known is None and r.level != "SHOULD"
+        ]
         # The report judges the examples and nothing else: pytest's verdict
         # stands when an ordinary test failed, or when collection failed or
         # the run was interrupted.
@@ -204,7 +217,9 @@ class ConformanceReport:
             "stale_divergences": self.stale,
             "examples": [asdict(r) for r in results],
         }
-        (self.directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if self.directory is not None:
+            text = json.dumps(report, indent=2) + "\n"
+            (self.directory / "report.json").write_text(text)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         # Printed last, after pytest's own summary, so that the report's
@@ -250,11 +265,19 @@ class ConformanceReport:
         by_level = "; ".join(
             f"{lv} {t.line()}" for lv, t in zip(levels, tallies, strict=True)
         )
-        lines += ["", f"By level: {by_level}"]
-        totals = self._tally(results).counts
-        lines.append(
-            f"{totals['passed']} passed, {totals['failed'] + totals['errored']} failed"
-        )
+        lines += ["", f"By level: {by_level}" if results else "No example was run."]
+        if self.set_up:
+            count = len(self.set_up)
+            lines.append(
+                f"(and {count} example{'s' * (count > 1)} before them, run as "
+                "their set-up, not counted)"
+            )
+        divergent = sum(1 for r in results if _bad(r) and r.known)
+        passed = sum(1 for r in results if r.outcome == "passed")
+        closing = f"{passed} passed, {len(failures) - divergent} failed"
+        if divergent:
+            closing += f", {divergent} known divergence{'s' * (divergent > 1)}"
+        lines.append(closing)
         return "\n".join(lines)
 
     @staticmethod

@@ -15,10 +15,45 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LEVELS", "Place", "SpecDocument"]
+__all__ = [
+    "LEVELS",
+    "SPEC_DOCUMENTS",
+    "Place",
+    "SpecDocument",
+    "SpecNotFoundError",
+    "documents_directory",
+]
 
 #: The requirement levels, in the meaning of RFC 2119.
 LEVELS = ("MUST", "SHOULD")
+
+#: The documents of the spec: the pages of docs/ that mark requirement
+#: levels.  The wheel carries them in ``mailqueue/conformance/documents/``.
+SPEC_DOCUMENTS = ("queue-files.rst", "runner.rst", "switchboard.rst")
+
+_PACKAGED = Path(__file__).resolve().parent / "documents"
+_CHECKOUT = Path(__file__).resolve().parents[2] / "docs"
+
+
+class SpecNotFoundError(Exception):
+    """Neither the installed package nor a checkout holds the spec documents."""
+
+
+def documents_directory() -> Path:
+    """Where the spec documents are: in the installed package, or a checkout's docs/.
+
+    A wheel carries them in the package; an editable install or a checkout
+    runs them from docs/, where the published site is built from the same
+    files.
+    """
+    for directory in (_PACKAGED, _CHECKOUT):
+        if all((directory / name).is_file() for name in SPEC_DOCUMENTS):
+            return directory
+    raise SpecNotFoundError(
+        f"the spec documents are neither in {_PACKAGED} nor in {_CHECKOUT}: "
+        "reinstall mailqueue"
+    )
+
 
 _MARKER = re.compile(r"^\.\. level:: *(\S+) *$")
 _UNDERLINE = re.compile(r"^([=\-~^\"'`#*+])\1+ *$")
