@@ -29,11 +29,12 @@ exclude_patterns = ["_build"]
 nitpicky = True
 # The build is offline, so there is no intersphinx inventory of the standard
 # library; references to its classes in signatures are left unresolved.
-# (pytest's classes appear in the conformance report's signatures, and
+# (pytest's and Sybil's classes appear in the conformance plugin's and
+# report's signatures, argparse's in the conformance command's, and
 # pickle.Unpickler as the base of safepickle.SafeUnpickler.)
 _UNRESOLVED = (
     "argparse collections email datetime sqlite3 types typing logging pathlib pytest"
-    " pickle"
+    " pickle sybil"
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"_?({'|'.join(_UNRESOLVED.split())})(\..*)?"),
