@@ -50,6 +50,51 @@ dlog = logging.getLogger("mailqueue.debug")
 _owners: weakref.WeakValueDictionary[str, Switchboard] = weakref.WeakValueDictionary()
 elog = logging.getLogger("mailqueue.error")
 
+#: The entries this process has dequeued and not finished, by the path of
+#: their ``.bak``: the descriptor that holds each one's ``flock``.  A
+#: recovering owner in another process leaves a locked ``.bak`` alone: a
+#: live process is working on it.
+_held: dict[str, int] = {}
+
+
+def _release_all_held() -> None:
+    # A forked child does not work on its parent's entries.
+    for fd in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_release_all_held)
+
+
+def _lock_entry(path: str) -> int | None:
+    """Lock the entry file at *path*; its descriptor, or None if it cannot be.
+
+    Raise :exc:`BlockingIOError` if another process holds its lock.  A file
+    that cannot be opened (gone, a link, not a regular file) is not locked:
+    what it is, the next step that reads it says.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:
+        os.close(fd)  # no locks on this file system: as before, unlocked
+        return None
+    return fd
+
+
+def _release(path: str) -> None:
+    fd = _held.pop(path, None)
+    if fd is not None:
+        os.close(fd)
+
 
 class Switchboard:
     """The entries of one queue directory, or of one slice of it.
@@ -312,7 +357,9 @@ class Switchboard:
     def dequeue(self, filebase: str) -> tuple[Message, dict[str, Any]]:
         """Take the entry *filebase* for processing; return its message and metadata.
 
-        The entry becomes a ``.bak`` file until :meth:`finish` is called.
+        The entry becomes a ``.bak`` file until :meth:`finish` is called,
+        and this process holds an ``flock`` on it until then: no recovery in
+        another process puts it back while this one works on it.
         Raise :exc:`FileNotFoundError` if another process took it first
         (then nothing was touched), and :exc:`~mailqueue.qfile.QueueFileError`
         if it cannot be read safely (then the ``.bak`` stays, to be preserved).
@@ -327,8 +374,26 @@ class Switchboard:
             if os.path.lexists(queued):
                 raise qfile.QueueFileError(f"{filebase}: its .bak exists already")
             raise FileNotFoundError(errno.ENOENT, "taken by another process", queued)
+        # The entry is locked for as long as this process works on it, so
+        # that no recovery in another process puts it back meanwhile; the
+        # lock is on the file, taken before the rename makes it a .bak.
+        try:
+            lock = _lock_entry(queued)
+        except BlockingIOError:
+            raise FileNotFoundError(
+                errno.ENOENT, "taken by another process", queued
+            ) from None
         # Whoever renames the .pck owns the entry; a loser's rename fails.
-        os.rename(queued, backup)
+        try:
+            os.rename(queued, backup)
+        except BaseException:
+            if lock is not None:
+                os.close(lock)
+            raise
+        if lock is not None:
+            if len(_held) >= _SIZES_KEPT:
+                _release_all_held()  # dequeued and never finished: let go
+            _held[backup] = lock
         content = qfile.read_file(backup, self.max_entry_size)
         if len(self._sizes) >= _SIZES_KEPT:
             self._sizes.clear()  # dequeued and never finished: forget them
@@ -359,6 +424,14 @@ class Switchboard:
         source = self._path(filebase, ".bak")
         queued = self._path(filebase, ".pck")
         size = self._sizes.pop(filebase, None)
+        try:
+            self._finish(source, queued, filebase, size, preserve)
+        finally:
+            _release(source)
+
+    def _finish(
+        self, source: str, queued: str, filebase: str, size: int | None, preserve: bool
+    ) -> None:
         try:
             if preserve:
                 if not os.path.lexists(source) and os.path.lexists(queued):
@@ -466,12 +539,25 @@ class Switchboard:
         ``.bak`` :data:`MAX_BAK_COUNT` times is preserved in the ``bad``
         queue instead of being put back.  An entry that
         cannot be read or written back is preserved at once, and recovery
-        goes on with the next: whatever the queue holds, this returns.
+        goes on with the next: whatever the queue holds, this returns.  A
+        ``.bak`` that another live process holds locked (it dequeued the
+        entry and works on it) is left alone; this process's own unfinished
+        entries are recovered, as after a crash.
         """
         backups = self.get_files(".bak")
         #: How many ``.bak`` files the last recovery found.
         self.recovered = len(backups)
         for filebase in backups:
+            backup = self._path(filebase, ".bak")
+            # This process's own unfinished entries are recovered: within a
+            # process, work on a slice is not concurrent.  Another live
+            # process's are left to it.
+            _release(backup)
+            try:
+                lock = _lock_entry(backup)
+            except BlockingIOError:
+                dlog.debug("%r: %s is being processed elsewhere", self, filebase)
+                continue
             try:
                 self._recover(filebase)
             except FileNotFoundError:
@@ -481,6 +567,9 @@ class Switchboard:
                     "Preserving backup %s: cannot recover it: %s", filebase, error
                 )
                 self.finish(filebase, preserve=True)
+            finally:
+                if lock is not None:
+                    os.close(lock)
 
     def _recover(self, filebase: str) -> None:
         backup = self._path(filebase, ".bak")

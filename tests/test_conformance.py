@@ -617,3 +617,32 @@ def test_a_selection_of_no_example_says_so(tmp_path):
         "No example was run.",
         "0 passed, 0 failed",
     ]
+
+
+def test_the_command_runs_a_selection_with_its_set_up_and_writes_nothing(tmp_path):
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "mailqueue.conformance", "mailqueue"),
+            *("--level", "MUST", "-k", "switchboard and slices"),
+        ],
+        cwd=tmp_path,
+        # The whole environment, coverage's subprocess measurement with it.
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(
+        r"\(and \d+ examples before them, run as their set-up, "
+        r"not counted\)",
+        lines[-2],
+    )
+    assert re.fullmatch(r"By level: MUST [1-9]\d* passed, 0 failed", lines[-3])
+    assert re.fullmatch(r"[1-9]\d* passed, 0 failed", lines[-1])
+    assert "  MUST    Queue slices  " in result.stdout
+    assert "SHOULD  Queue slices" not in result.stdout
+    # No --report: nothing where it ran (coverage's data files aside).
+    assert [n for n in os.listdir(tmp_path) if not n.startswith(".coverage")] == []

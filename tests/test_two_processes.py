@@ -1,17 +1,25 @@
 """Two processes drain one unsliced queue: each entry is dequeued once.
 
+And an entry a live process works on is never put back by a new owner of
+the slice: whoever dequeues an entry holds a lock on its file until it
+finishes it.
+
 (Two *runners* never do this: the second stands by while the first owns the
 slice; tests/test_supervision.py shows that.  Dequeuing is what decides
 between any two processes taking entries, whoever they are.)
 """
 
+import errno
+import fcntl
 import os
 import subprocess
 import sys
 import textwrap
 import time
 
-from mailqueue import config, message_from_string
+import pytest
+
+from mailqueue import Switchboard, config, message_from_string, switchboard
 
 ENTRIES = 400
 
@@ -69,3 +77,159 @@ def test_every_entry_is_processed_exactly_once(var_dir, tmp_path):
     assert processed[0] and processed[1], [len(p) for p in processed]
     assert os.listdir(queue.queue_directory) == []
     assert os.listdir(config.switchboards["bad"].queue_directory) == []
+
+
+#: One process of the ownership case, driven by commands on its stdin:
+#: "own" (a switchboard with recover=True), "take" (dequeue the one entry),
+#: "finish", "exit"; it answers each with a line on stdout.
+PROCESS = textwrap.dedent(
+    """
+    import sys
+    from mailqueue import Switchboard
+
+    directory = sys.argv[1]
+    board = None
+    for command in sys.stdin:
+        command = command.strip()
+        if command == "own":
+            board = Switchboard("test", directory, recover=True)
+            print("owner" if board.owner else "not owner", flush=True)
+        elif command == "take":
+            [filebase] = board.files
+            msg, msgdata = board.dequeue(filebase)
+            print("took", msg["subject"], flush=True)
+        elif command == "finish":
+            board.finish(filebase)
+            print("finished", flush=True)
+        elif command == "files":
+            print("files", len(board.files), flush=True)
+        elif command == "exit":
+            break
+    """
+)
+
+
+class Process:
+    def __init__(self, directory):
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", PROCESS, directory],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def ask(self, command):
+        self.popen.stdin.write(command + "\n")
+        self.popen.stdin.flush()
+        return self.popen.stdout.readline().strip()
+
+    def exit(self):
+        self.popen.stdin.write("exit\n")
+        self.popen.stdin.close()
+        assert self.popen.wait(timeout=30) == 0
+        self.popen.stdout.close()
+
+    def stop(self):
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=30)
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if not stream.closed:
+                stream.close()
+
+
+def test_a_new_owner_leaves_alone_an_entry_a_live_process_works_on(tmp_path):
+    """A owns the slice; B, not the owner, takes an entry; A exits; C owns.
+
+    C must not put B's entry back in the queue while B works on it: that
+    would have two processes process one entry with no crash at all.
+    """
+    directory = str(tmp_path / "test")
+    queue = Switchboard("test", directory)
+    queue.enqueue(message_from_string("Subject: once\n\nbody\n"))
+    a, b, c = Process(directory), Process(directory), Process(directory)
+    try:
+        assert a.ask("own") == "owner"
+        assert b.ask("own") == "not owner"
+        assert b.ask("take") == "took once"
+        a.exit()
+        assert c.ask("own") == "owner"
+        # B still has it: nothing was put back for C (or anyone) to take.
+        assert c.ask("files") == "files 0"
+        assert queue.get_files(".bak") != [] and queue.files == []
+        assert b.ask("finish") == "finished"
+        assert os.listdir(directory) == []
+    finally:
+        for process in (a, b, c):
+            process.stop()
+
+
+def _one_entry(tmp_path):
+    queue = Switchboard("test", str(tmp_path / "test"))
+    filebase = queue.enqueue(message_from_string("Subject: one\n\nbody\n"))
+    return queue, filebase, os.path.join(queue.queue_directory, filebase)
+
+
+def test_an_entry_locked_by_another_dequeuer_is_taken(tmp_path):
+    queue, filebase, path = _one_entry(tmp_path)
+    # Another open file description: as another process's lock would be.
+    fd = os.open(path + ".pck", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(FileNotFoundError, match="taken by another process"):
+            queue.dequeue(filebase)
+        assert queue.files == [filebase]
+    finally:
+        os.close(fd)
+    queue.dequeue(filebase)
+    queue.finish(filebase)
+    assert os.listdir(queue.queue_directory) == []
+
+
+def test_a_failed_rename_lets_go_of_the_lock(tmp_path, monkeypatch):
+    queue, filebase, path = _one_entry(tmp_path)
+    real_rename = os.rename
+
+    def failing(source, target):
+        if source.endswith(".pck"):
+            raise PermissionError(13, "Permission denied", source)
+        return real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(PermissionError):
+        queue.dequeue(filebase)
+    monkeypatch.undo()
+    # Nothing holds the file: another process's lock succeeds at once.
+    fd = os.open(path + ".pck", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+
+
+def test_without_locks_a_dequeue_still_takes_its_entry(tmp_path, monkeypatch):
+    queue, filebase, _ = _one_entry(tmp_path)
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    msg, _ = queue.dequeue(filebase)
+    assert msg["subject"] == "one"
+    queue.finish(filebase)
+    assert os.listdir(queue.queue_directory) == []
+
+
+def test_entries_never_finished_are_let_go_past_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(switchboard, "_SIZES_KEPT", 2)
+    queue = Switchboard("test", str(tmp_path / "test"))
+    taken = []
+    for number in range(3):
+        filebase = queue.enqueue(message_from_string(f"Subject: {number}\n\n.\n"))
+        queue.dequeue(filebase)
+        taken.append(filebase)
+    # The first two were let go when the third was taken; it is held.
+    assert list(switchboard._held) == [
+        os.path.join(queue.queue_directory, taken[2] + ".bak")
+    ]
+    for filebase in taken:
+        queue.finish(filebase)
+    assert switchboard._held == {}

@@ -154,6 +154,8 @@ class MailmanAdapter(Adapter):
                 (S, "Two switchboards, one queue", "latecomer.owner"),
                 (S, "Two switchboards, one queue", "check_qfiles() #2"),
                 (S, "Two switchboards, one queue", "successor.owner"),
+                (S, "Two switchboards, one queue", "owner.owner #2"),
+                (S, "Two switchboards, one queue", "check_qfiles() #4"),
             ],
         }.items()
         for document, section, example in examples
