@@ -22,7 +22,7 @@ RUN      := $(BIN)/python
 MEASURED :=
 endif
 
-.PHONY: help test coverage coverage-data coverage-report docs docs-check lint bench fuzz soak conformance conformance-results interop mailman-site-test \
+.PHONY: help test strace crash-test coverage coverage-data coverage-report docs docs-check lint bench fuzz soak conformance conformance-results interop mailman-site-test \
 	spec-postgresql postgresql-server cluster-servers cluster-test conformance-matrix clean
 
 help:
@@ -35,6 +35,9 @@ help:
 	@echo "make bench  what the queue costs, beside GNU Mailman and the bare system calls"
 	@echo "make fuzz   the full hostile-file run (10,000+ cases, a few minutes);"
 	@echo "            its figures go to docs/reliability-run.json"
+	@echo "make crash-test  every state a crash (a power loss) can leave, for every"
+	@echo "            queue operation, recovered and checked; figures go to"
+	@echo "            docs/crash-run.json"
 	@echo "make soak   the full kill -9 soak (10,000 messages, 250 runner kills) and"
 	@echo "            churn; its figures go to docs/soak-run.json"
 	@echo "make conformance IMPL=NAME  run the spec against an implementation"
@@ -58,7 +61,7 @@ $(STAMP): pyproject.toml
 
 # It also writes the spec's conformance report for the reference, which
 # make docs shows (so the spec is not run a second time for it).
-test: $(STAMP) $(MEASURED)
+test: $(STAMP) $(MEASURED) strace
 	$(RUN) -m pytest --implementation=mailqueue --report-dir=build/conformance/mailqueue
 
 # The command an implementer runs (mailqueue conformance ADAPTER), from here.
@@ -134,6 +137,16 @@ coverage-report: $(STAMP)
 # The full hostile-file run; make test runs a reduced one (tests/hostile).
 fuzz: $(STAMP)
 	$(BIN)/python tests/hostile/fuzz.py --cases 10000 --report docs/reliability-run.json
+
+# Debian's strace, which the crash test records each operation's calls with.
+strace:
+	@command -v strace > /dev/null || { $(APT_INSTALL) --no-install-recommends strace; }
+
+# Every state a crash can leave, for every queue operation, each state tried
+# (make test runs a reduced one: tests/crash).  Its figures go to
+# docs/crash-run.json.
+crash-test: $(STAMP) strace
+	$(BIN)/python tests/crash/crash.py --full --report docs/crash-run.json
 
 # The full kill -9 soak and churn; make test runs reduced ones (tests/soak).
 soak: $(STAMP)

@@ -598,7 +598,7 @@ class SparePool:
             except FileNotFoundError:
                 if not os.path.lexists(path):
                     raise
-                os.makedirs(self.directory, mode=0o770, exist_ok=True)
+                make_directories(self.directory)
                 return self._keep(path)
             except OSError:
                 return False  # no hard links here: never mind
@@ -633,6 +633,16 @@ class SparePool:
                 os.rename(slot, temporary)
             except OSError:
                 continue  # taken by another process first
+            # The entry this file was, finished into the pool, had its name
+            # in the queue directory: that name's removal must be on disk
+            # before the file holds another entry's bytes, or a crash could
+            # bring the old name back over the new bytes.
+            try:
+                fsync_directory(os.path.dirname(temporary))
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                return None, 0  # a new file, then, whose writing says why
             self._next = number
             self._full_at = -math.inf
             fd = self._open(temporary, found)
@@ -709,6 +719,68 @@ def _reusable(found: os.stat_result) -> bool:
         and found.st_nlink == 1
         and found.st_uid == os.geteuid()
     )
+
+
+def make_directories(directory: str) -> None:
+    """Make *directory* and any missing parent, each flushed into its parent.
+
+    A new directory's name is in its parent until that is flushed, like a
+    file's: an entry written into a directory whose own name a crash loses
+    would be lost with it.
+    """
+    try:
+        os.mkdir(directory, 0o770)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.normpath(directory))
+        if parent == directory:
+            raise
+        make_directories(parent)
+        try:
+            os.mkdir(directory, 0o770)
+        except FileExistsError:
+            return
+    fsync_directory(os.path.dirname(os.path.normpath(directory)))
+
+
+def move_file(source: str, target: str) -> None:
+    """Move the file *source* to *target* in another directory, losing it in no crash.
+
+    A rename from one directory to another changes two directories, and
+    unless a journal ties them together either may reach the disk first:
+    a crash between the two could leave the file in neither.  So the file
+    is linked to *target*, that directory flushed, and only then is
+    *source* removed and its directory flushed: a crash leaves the file
+    under one name or both, never under none.  *target* is never replaced
+    (:exc:`FileExistsError`).  If *source* goes (another process took it)
+    before it is removed here, the link is taken back and
+    :exc:`FileNotFoundError` raised: the file is the other process's.  Where
+    the file system has no hard links, it is renamed, and both directories
+    are flushed.
+    """
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except (FileNotFoundError, FileExistsError):
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(
+                errno.EEXIST, os.strerror(errno.EEXIST), target
+            ) from None
+        os.rename(source, target)
+        fsync_directory(os.path.dirname(target))
+    else:
+        fsync_directory(os.path.dirname(target))
+        try:
+            os.unlink(source)
+        except FileNotFoundError:
+            os.unlink(target)
+            fsync_directory(os.path.dirname(target))
+            raise
+    fsync_directory(os.path.dirname(source))
 
 
 def fsync_directory(directory: str) -> None:

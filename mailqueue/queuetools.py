@@ -176,7 +176,7 @@ def hold(entry: QueueEntry) -> str:
     if entry.queue == "bad":
         raise EntryError(f"{entry.filebase} is preserved in bad: requeue it instead")
     target = os.path.join(hold_directory(entry.queue), entry.filebase + ".pck")
-    os.makedirs(os.path.dirname(target), mode=0o770, exist_ok=True)
+    qfile.make_directories(os.path.dirname(target))
     _move(entry, target)
     alog.info("held %s from %s", entry.filebase, entry.queue)
     return target
@@ -232,7 +232,7 @@ def requeue(entry: QueueEntry, queue: str, reset_count: bool = False) -> str:
             os.rename(taken, entry.path)
             raise
     else:
-        os.makedirs(section.path, mode=0o770, exist_ok=True)
+        qfile.make_directories(section.path)
         _move(entry, target)
     alog.info("requeued %s from %s to %s", entry.filebase, entry.queue, queue)
     return target
@@ -265,12 +265,14 @@ def _check_needs(filebase: str, queue: str, metadata: dict[str, Any]) -> None:
 
 def _move(entry: QueueEntry, target: str) -> None:
     # An operator's move races nobody but a runner taking the entry (which
-    # renames it to .bak: then this rename finds nothing), so the check
-    # that the target is free cannot go stale.
+    # renames it to .bak: then the move finds nothing, or takes its link
+    # back), so the check that the target is free cannot go stale.
     if os.path.lexists(target):
         raise EntryError(f"{entry.filebase}: {target} exists already")
     try:
-        os.rename(entry.path, target)
+        qfile.move_file(entry.path, target)
+    except FileExistsError:
+        raise EntryError(f"{entry.filebase}: {target} exists already") from None
     except FileNotFoundError:
         raise EntryError(f"{entry.filebase} is gone (or a runner took it)") from None
     except OSError as error:
@@ -279,8 +281,6 @@ def _move(entry: QueueEntry, target: str) -> None:
                 f"{entry.filebase}: {target} is on another file system"
             ) from None
         raise
-    qfile.fsync_directory(os.path.dirname(target))
-    qfile.fsync_directory(os.path.dirname(entry.path))
 
 
 def age(entry: QueueEntry, now: float | None = None) -> str:
@@ -430,12 +430,17 @@ def _preserve(path: str, filebase: str) -> None:
 
 def _rename(path: str, filebase: str, directory: str, extension: str) -> None:
     target = os.path.join(directory, filebase + extension)
-    os.makedirs(directory, mode=0o770, exist_ok=True)
+    qfile.make_directories(directory)
     if os.path.lexists(target):  # nothing is ever replaced
         raise EntryError(f"{filebase}: {target} exists already")
+    if os.path.dirname(path) != directory:
+        try:
+            qfile.move_file(path, target)
+        except FileExistsError:
+            raise EntryError(f"{filebase}: {target} exists already") from None
+        return
     os.rename(path, target)
     qfile.fsync_directory(directory)
-    qfile.fsync_directory(os.path.dirname(path))
 
 
 def _move_file(
@@ -458,7 +463,7 @@ def _move_file(
         _rename(taken, filebase, directory, ".pck")
         return
     metadata = {key: value for key, value in metadata.items() if key != "_bak_count"}
-    os.makedirs(directory, mode=0o770, exist_ok=True)
+    qfile.make_directories(directory)
     qfile.write_file(target, (message, qfile.dump_checked(metadata, "metadata")))
     os.unlink(taken)
     qfile.fsync_directory(os.path.dirname(taken))

@@ -162,7 +162,7 @@ class Switchboard:
         # A digest's slice is its top bits: exact integer arithmetic, so
         # every digest is in exactly one slice.
         self._shift = qfile.DIGEST_BITS - (numslices.bit_length() - 1)
-        os.makedirs(queue_directory, mode=0o770, exist_ok=True)
+        qfile.make_directories(queue_directory)
         self._reported: set[str] = set()
         self._owner_lock: int | None = None
         self._prefer_lock: int | None = None
@@ -452,7 +452,7 @@ class Switchboard:
             )
 
     def _preserve(self, source: str, filebase: str, bad: str) -> None:
-        os.makedirs(bad, mode=0o770, exist_ok=True)
+        qfile.make_directories(bad)
         target = filebase
         while os.path.lexists(os.path.join(bad, target + ".psv")):
             parsed = qfile.parse_filebase(target)
@@ -463,8 +463,7 @@ class Switchboard:
                 "Preserving %s as %s: bad holds its name already", filebase, target
             )
         # Nothing else makes names in bad, so the check above cannot go stale.
-        os.rename(source, os.path.join(bad, target + ".psv"))
-        qfile.fsync_directory(bad)
+        qfile.move_file(source, os.path.join(bad, target + ".psv"))
 
     @property
     def files(self) -> list[str]:
