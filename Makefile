@@ -4,6 +4,7 @@
 PYTHON ?= python3
 IMPL   ?= mailqueue
 CLUSTER_REPORT ?= docs/cluster-run.json
+CRASH_REPORT ?= docs/crash-run.json
 # Which GNU Mailman releases conformance-matrix runs (all, by default).
 RELEASES ?=
 MATRIX_REPORT ?= docs/conformance-matrix.json
@@ -146,7 +147,7 @@ strace:
 # (make test runs a reduced one: tests/crash).  Its figures go to
 # docs/crash-run.json.
 crash-test: $(STAMP) strace
-	$(BIN)/python tests/crash/crash.py --full --report docs/crash-run.json
+	$(BIN)/python tests/crash/crash.py --full --report $(CRASH_REPORT)
 
 # The full kill -9 soak and churn; make test runs reduced ones (tests/soak).
 soak: $(STAMP)

@@ -367,10 +367,11 @@ def test_a_move_the_disk_refuses_is_one_line_and_leaves_the_entry(
     queued = os.path.join(config.runners["in"].path, filebase + ".pck")
     held = os.path.join(queuetools.hold_directory("in"), filebase + ".pck")
 
-    def failing(source, target):
+    def failing(source, target, **keywords):
         raise OSError(errno.EIO, os.strerror(errno.EIO), source, None, target)
 
-    monkeypatch.setattr(os, "rename", failing)
+    # A move between directories begins with a link (then the old name goes).
+    monkeypatch.setattr(os, "link", failing)
     status, out, err = run(capsys, "hold", filebase)
     monkeypatch.undo()
     assert (status, out) == (1, "")

@@ -1,8 +1,9 @@
 """Figures of the last full runs, as tables: ``hostile-run``, ``soak-run``,
-``bench-run``, ``cluster-run`` and ``conformance-matrix``.
+``crash-run``, ``bench-run``, ``cluster-run`` and ``conformance-matrix``.
 
 They read the JSON reports that ``make fuzz`` (docs/reliability-run.json),
-``make soak`` (docs/soak-run.json), ``make bench`` (docs/bench-run.json),
+``make soak`` (docs/soak-run.json), ``make crash-test``
+(docs/crash-run.json), ``make bench`` (docs/bench-run.json),
 ``make cluster-test`` (docs/cluster-run.json) and ``make conformance-matrix``
 (docs/conformance-matrix.json) write, so the published figures always come
 from a real run.
@@ -228,6 +229,49 @@ class ClusterRun(_ReportDirective):
         return [container]
 
 
+class CrashRun(_ReportDirective):
+    """The crash states of every operation: ``make crash-test``, one a row."""
+
+    def run(self):
+        report = self.report("crash-test report", "make crash-test")
+        lines = [
+            f"Run on {report['date']}: ``{report['command']}``, "
+            f"{report['seconds']:,} s.",
+            "",
+            ".. list-table::",
+            "   :header-rows: 1",
+            "",
+            "   * - operation",
+            "     - calls recorded",
+            "     - states (distinct)",
+            "     - every state tried",
+            "     - violations",
+            "     - repeats",
+        ]
+        for outcome in report["operations"]:
+            violations = sum(v["states"] for v in outcome["violations"])
+            lines += [
+                f"   * - {outcome['operation']}",
+                f"     - {outcome['calls']:,}",
+                f"     - {outcome['states']:,} ({outcome['distinct']:,})",
+                f"     - {'yes' if outcome['exhaustive'] else 'no, drawn'}",
+                f"     - {violations:,}",
+                f"     - {outcome['repeats']:,}",
+            ]
+        lines += [
+            "   * - all of them",
+            f"     - {report['calls recorded']:,}",
+            f"     - {report['states explored']:,} "
+            f"({report['distinct states recovered']:,})",
+            "     -",
+            f"     - {report['violations']:,}",
+            f"     - {report['repeats (at least once)']:,}",
+        ]
+        container = nodes.container(classes=["crash-run"])
+        self.state.nested_parse(StringList(lines), self.content_offset, container)
+        return [container]
+
+
 class ConformanceMatrix(_ReportDirective):
     """The spec against every GNU Mailman release: ``make conformance-matrix``."""
 
@@ -289,6 +333,7 @@ def setup(app):
     app.add_directive("bench-run", BenchRun)
     app.add_directive("cluster-run", ClusterRun)
     app.add_directive("conformance-matrix", ConformanceMatrix)
+    app.add_directive("crash-run", CrashRun)
     app.add_directive("hostile-run", HostileRun)
     app.add_directive("soak-run", SoakRun)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1054,6 +1054,21 @@ def recover(root: str) -> dict[str, Any]:
         config.pop("crash-recovery")
 
 
+def _found(result: dict[str, Any]) -> list[str]:
+    # What recovery left, entry by entry, for a person reading the report.
+    if "crash" in result:
+        return [result["crash"]]
+    return [
+        f"{item['place']}: "
+        + (
+            f"unreadable {item['file']}"
+            if "unreadable" in item
+            else str(item["metadata"].get("token", "no entry"))
+        )
+        for item in result["found"]
+    ] + [f"unclassified: {file}" for file in result["unclassified"]]
+
+
 def _plain(data: dict[str, Any]) -> dict[str, Any]:
     return {
         k: v
@@ -1284,6 +1299,7 @@ def explore(scenario: Scenario, work: str, limit: int, plant: str = "") -> Outco
                     ],
                     "steps returned": state.returned,
                     "unflushed effects": list(state.choices),
+                    "recovery found": _found(results[key]),
                     "states": 0,
                 }
             violations[signature]["states"] += 1
