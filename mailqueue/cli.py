@@ -40,6 +40,7 @@ from mailqueue.master import (
 )
 from mailqueue.message import message_from_string
 from mailqueue.runner import parse_runner_spec, runner_class
+from mailqueue.seal import KEPT_KEYS
 from mailqueue.switchboard import slice_owner
 
 __all__ = ["CommandError", "main"]
@@ -121,6 +122,8 @@ _LEFT_TO_MAILMAN = {
     "of its lists)",
     "inject": "GNU Mailman's lists are not mailqueue's: use mailman inject",
     "lists": "the lists are GNU Mailman's: use mailman lists",
+    "rotate-key": "GNU Mailman's runners read its queues, and mailqueue seals "
+    "no entry there",
 }
 
 #: The commands that move, write or delete queue entries.
@@ -403,6 +406,19 @@ def _slice_owner(spec: str) -> dict[str, Any] | None:
 def _reopen(arguments: argparse.Namespace, config_file: str | None) -> int:
     pid = signal_master(signal.SIGHUP)
     print(f"mailqueue master (pid {pid}) and its runners are reopening their logs")
+    return 0
+
+
+@_command(
+    "rotate-key",
+    "seal new entries with a new key of the site's (the newest "
+    f"{KEPT_KEYS} are kept, so entries sealed before are still trusted)",
+)
+def _rotate_key(arguments: argparse.Namespace, config_file: str | None) -> int:
+    seal = config.seal
+    assert seal is not None  # refused on a Mailman site, the one without
+    seal.rotate()
+    print(f"entries are sealed with a new key now ({seal.path})")
     return 0
 
 

@@ -40,6 +40,7 @@ from mailqueue.errors import MailqueueError
 from mailqueue.lists import ListManager, MailingList
 from mailqueue.mailman_site import MailmanSite, MailmanSiteError, read_site
 from mailqueue.qfile import QFILE_SCHEMA_VERSION
+from mailqueue.seal import Seal
 from mailqueue.switchboard import Switchboard
 
 __all__ = [
@@ -272,7 +273,16 @@ class Configuration:
             raise ConfigurationError(
                 f"{at('host', 'name')} must be a host name, not {self.host_name!r}"
             )
-        self.switchboards = Switchboards(runners, max_entry_size, self.host_name)
+        #: This site's seal (see :mod:`mailqueue.seal`), its keys in
+        #: DATA_DIR; none on a GNU Mailman site, whose runners read the queues.
+        self.seal = (
+            Seal(os.path.join(substitutions["DATA_DIR"], "seal.keys"))
+            if self.mailman is None
+            else None
+        )
+        self.switchboards = Switchboards(
+            runners, max_entry_size, self.host_name, self.seal
+        )
         url = merged.get("database", {}).get("url", "").strip()
         default = os.path.join(substitutions["DATA_DIR"], "lists.sqlite3")
         self._database_url = url or f"sqlite:///{default}"
@@ -332,14 +342,19 @@ class Switchboards(Mapping[str, Switchboard]):
 
     ``config.switchboards['bad']`` is the ``bad`` queue's switchboard, as in
     GNU Mailman.  :meth:`make` makes a new one (a slice of a queue, say),
-    wired the same way: the configured entry size limit, host name, and
-    ``bad`` directory.
+    wired the same way: the configured entry size limit, host name,
+    ``bad`` directory and seal.
     """
 
     def __init__(
-        self, runners: dict[str, RunnerConfig], max_entry_size: int, host: str
+        self,
+        runners: dict[str, RunnerConfig],
+        max_entry_size: int,
+        host: str,
+        seal: Seal | None = None,
     ) -> None:
         self._paths = {name: r.path for name, r in runners.items() if r.path}
+        self._seal = seal
         self._max_entry_size = max_entry_size
         self._host = host
         self._made: dict[str, Switchboard] = {}
@@ -364,6 +379,7 @@ class Switchboards(Mapping[str, Switchboard]):
             max_entry_size=self._max_entry_size,
             host=self._host,
             bad_directory=self._paths.get("bad"),
+            seal=self._seal,
         )
 
     def __getitem__(self, name: str) -> Switchboard:

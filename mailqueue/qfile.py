@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 from mailqueue import safepickle
 from mailqueue.errors import MailqueueError
 from mailqueue.message import Message
+from mailqueue.seal import Seal, seal_start
 
 __all__ = [
     "DIGEST_BITS",
@@ -372,29 +373,35 @@ def read_file(path: str, max_size: int = MAX_ENTRY_SIZE) -> bytes:
             raise QueueFileError(f"{name}: cannot be read ({what})") from None
         raise
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = _FILE_TYPES.get(stat.S_IFMT(info.st_mode), "of an unknown type")
-            raise QueueFileError(f"{name}: not a regular file ({kind})")
-        if info.st_size > max_size:
-            raise QueueFileError(
-                f"{name}: {info.st_size:,} bytes, more than the limit of {max_size:,}"
-            )
-        chunks = []
-        size = 0
-        while True:
-            wanted = max(info.st_size - size, 0) + 1
-            chunk = os.read(fd, wanted)
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > max_size:
-                raise QueueFileError(
-                    f"{name}: more than the limit of {max_size:,} bytes"
-                )
-            if len(chunk) < wanted:
-                break  # a regular file reads short only at its end
+        return read_descriptor(fd, name, max_size)
     finally:
         os.close(fd)
+
+
+def read_descriptor(fd: int, name: str, max_size: int = MAX_ENTRY_SIZE) -> bytes:
+    """Read the queue file open (just opened) as *fd*; see :func:`read_file`.
+
+    *name* names it in errors.  The descriptor stays open.
+    """
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        kind = _FILE_TYPES.get(stat.S_IFMT(info.st_mode), "of an unknown type")
+        raise QueueFileError(f"{name}: not a regular file ({kind})")
+    if info.st_size > max_size:
+        raise QueueFileError(
+            f"{name}: {info.st_size:,} bytes, more than the limit of {max_size:,}"
+        )
+    chunks = []
+    size = 0
+    while True:
+        wanted = max(info.st_size - size, 0) + 1
+        chunk = os.read(fd, wanted)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_size:
+            raise QueueFileError(f"{name}: more than the limit of {max_size:,} bytes")
+        if len(chunk) < wanted:
+            break  # a regular file reads short only at its end
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -409,7 +416,7 @@ _FILE_TYPES = {
 
 
 def load_entry(
-    path: str, max_size: int = MAX_ENTRY_SIZE
+    path: str, max_size: int = MAX_ENTRY_SIZE, seal: Seal | None = None
 ) -> tuple[Any, dict[str, Any], memoryview]:
     """Read the entry at *path* safely.
 
@@ -418,28 +425,46 @@ def load_entry(
     read, not a copy).  Raise :exc:`QueueFileError` for anything that is not
     a well-formed entry (and :exc:`FileNotFoundError` if there is no file).
     Both pickles are checked in full (see :mod:`mailqueue.safepickle`)
-    before anything is built, and whatever goes wrong while building
+    before anything is built, unless the entry bears a valid *seal* of this
+    site (see :mod:`mailqueue.seal`); whatever goes wrong while building
     becomes a :exc:`QueueFileError` too.
     """
-    return parse_entry(read_file(path, max_size), os.path.basename(path))
+    name = os.path.basename(path)
+    return parse_entry(read_file(path, max_size), name, seal, os.path.splitext(name)[0])
 
 
-def parse_entry(data: bytes, name: str) -> tuple[Any, dict[str, Any], memoryview]:
+def parse_entry(
+    data: bytes,
+    name: str,
+    seal: Seal | None = None,
+    filebase: str | None = None,
+) -> tuple[Any, dict[str, Any], memoryview]:
     """Check and build the entry *data*, read from the file *name*.
 
-    See :func:`load_entry`.
+    An entry may end in a seal (see :mod:`mailqueue.seal`); with *seal* and
+    the entry's *filebase*, a valid one lets the pickles be built without
+    the opcode check.  See :func:`load_entry`.
     """
+    end = seal_start(data)
     try:
-        made, boundary = safepickle.check(data)
-        if made not in ("message", "text"):
-            raise QueueFileError("the message is not a message")
-        made, end = safepickle.check(data, boundary)
-        if made != "dict":
-            raise QueueFileError("the metadata is not a dict with string keys")
-        if end != len(data):
-            raise QueueFileError(f"{len(data) - end:,} bytes follow the metadata")
-        message = safepickle.load(data)
-        metadata = safepickle.load(data, boundary)
+        if (
+            seal is not None
+            and filebase is not None
+            and end < len(data)
+            and seal.valid(filebase, data, end)
+        ):
+            message, boundary, metadata = safepickle.load_two(data, end)
+        else:
+            made, boundary = safepickle.check(data)
+            if made not in ("message", "text"):
+                raise QueueFileError("the message is not a message")
+            made, stop = safepickle.check(data, boundary)
+            if made != "dict":
+                raise QueueFileError("the metadata is not a dict with string keys")
+            if stop != end:
+                raise QueueFileError(f"{len(data) - stop:,} bytes follow the metadata")
+            message = safepickle.load(data)
+            metadata = safepickle.load(data, boundary)
         if not isinstance(metadata, dict) or not isinstance(
             message, (email.message.Message, str)
         ):

@@ -1015,3 +1015,19 @@ def load(data: bytes, position: int = 0) -> Any:
     stream = io.BytesIO(data)
     stream.seek(position)
     return SafeUnpickler(stream).load()
+
+
+def load_two(data: bytes, end: int) -> tuple[Any, int, Any]:
+    """Build the two pickles of *data* that end at *end*: a sealed entry's.
+
+    Only for bytes this site sealed (see :mod:`mailqueue.seal`): what was
+    checked as it was written.  Return the first object, where the second
+    pickle starts, and the second object.
+    """
+    stream = io.BytesIO(data)
+    first = SafeUnpickler(stream).load()
+    boundary = stream.tell()
+    second = SafeUnpickler(stream).load()
+    if stream.tell() != end:
+        raise PickleRefused(f"{end - stream.tell():,} bytes follow the metadata")
+    return first, boundary, second

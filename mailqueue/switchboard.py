@@ -17,6 +17,7 @@ from typing import Any
 from mailqueue import qfile
 from mailqueue.errors import MailqueueError
 from mailqueue.message import Message
+from mailqueue.seal import SEAL_MAX, TRAILER_SIZE, Seal
 
 __all__ = [
     "MAX_BAK_COUNT",
@@ -137,6 +138,7 @@ class Switchboard:
         max_entry_size: int = qfile.MAX_ENTRY_SIZE,
         host: str | None = None,
         bad_directory: str | None = None,
+        seal: Seal | None = None,
     ) -> None:
         if (
             not isinstance(numslices, int)
@@ -152,6 +154,10 @@ class Switchboard:
             )
         self.name = name
         self.queue_directory = queue_directory
+        self._prefix = os.path.join(queue_directory, "")
+        #: This site's seal (see :mod:`mailqueue.seal`): entries written are
+        #: sealed, and sealed ones are read without the opcode check.
+        self.seal = seal
         #: Where :meth:`finish` preserves entries.
         self.bad_directory = bad_directory or default_bad_directory(queue_directory)
         self.slice = slice
@@ -301,7 +307,8 @@ class Switchboard:
         return f"<Switchboard {self.name!r}{where} at {self.queue_directory}>"
 
     def _path(self, filebase: str, extension: str) -> str:
-        return os.path.join(self.queue_directory, filebase + extension)
+        # os.path.join's checks cost more than the rest of a lookup here.
+        return self._prefix + filebase + extension
 
     def enqueue(
         self, msg: Any, metadata: dict[str, Any] | None = None, /, **kws: Any
@@ -343,7 +350,7 @@ class Switchboard:
         try:
             qfile.write_file(
                 self._path(filebase, ".pck"),
-                (message_pickle, metadata_pickle),
+                self._sealed(filebase, message_pickle, metadata_pickle),
                 self._spares,
             )
         except OSError as error:
@@ -353,6 +360,18 @@ class Switchboard:
                 f"{self.queue_directory}: {error.strerror or error}",
             ) from error
         return filebase
+
+    def _sealed(
+        self, filebase: str, message_pickle: bytes | memoryview, metadata_pickle: bytes
+    ) -> tuple[bytes | memoryview, ...]:
+        # The two pickles, and their seal if there is a key and they are small
+        # enough for a seal to pay.
+        parts = (message_pickle, metadata_pickle)
+        size = len(message_pickle) + len(metadata_pickle) + TRAILER_SIZE
+        if self.seal is None or size > min(SEAL_MAX, self.max_entry_size):
+            return parts
+        trailer = self.seal.trailer(filebase, parts)
+        return parts if trailer is None else (*parts, trailer)
 
     def dequeue(self, filebase: str) -> tuple[Message, dict[str, Any]]:
         """Take the entry *filebase* for processing; return its message and metadata.
@@ -394,11 +413,19 @@ class Switchboard:
             if len(_held) >= _SIZES_KEPT:
                 _release_all_held()  # dequeued and never finished: let go
             _held[backup] = lock
-        content = qfile.read_file(backup, self.max_entry_size)
+        # Read through the locked descriptor: the file it opened is the .bak.
+        if lock is None:
+            content = qfile.read_file(backup, self.max_entry_size)
+        else:
+            content = qfile.read_descriptor(
+                lock, filebase + ".bak", self.max_entry_size
+            )
         if len(self._sizes) >= _SIZES_KEPT:
             self._sizes.clear()  # dequeued and never finished: forget them
         self._sizes[filebase] = len(content)
-        msg, data, _ = qfile.parse_entry(content, filebase + ".bak")
+        msg, data, _ = qfile.parse_entry(
+            content, filebase + ".bak", self.seal, filebase
+        )
         if _flag(data.get("_parsemsg")):
             if not isinstance(msg, str):
                 raise qfile.QueueFileError(f"{filebase}: _parsemsg set, but not text")
@@ -573,7 +600,9 @@ class Switchboard:
     def _recover(self, filebase: str) -> None:
         backup = self._path(filebase, ".bak")
         try:
-            _msg, data, message_pickle = qfile.load_entry(backup, self.max_entry_size)
+            _msg, data, message_pickle = qfile.load_entry(
+                backup, self.max_entry_size, self.seal
+            )
         except qfile.QueueFileError as error:
             elog.error("Preserving unreadable backup %s: %s", filebase, error)
             self.finish(filebase, preserve=True)
@@ -593,7 +622,9 @@ class Switchboard:
         metadata_pickle = qfile.dump_checked(data, "metadata")
         # Count first (an atomic replace of the .bak), then requeue: a crash
         # in between can only count one recovery too many.
-        qfile.write_file(backup, (message_pickle, metadata_pickle))
+        qfile.write_file(
+            backup, self._sealed(filebase, message_pickle, metadata_pickle)
+        )
         os.rename(backup, queued)
 
 

@@ -372,14 +372,14 @@ def test_a_backup_gone_before_it_is_recovered_is_passed_over(
     first, second = backups(queue, 2)
     real_load = qfile.load_entry
 
-    def gone_first(path, max_size):
+    def gone_first(path, *arguments):
         os.unlink(path)  # finished by its runner just after the listing
-        return real_load(path, max_size)
+        return real_load(path, *arguments)
 
     monkeypatch.setattr(
         qfile,
         "load_entry",
-        once(real_load, lambda path, size: first in path, gone_first),
+        once(real_load, lambda path, *arguments: first in path, gone_first),
     )
     with caplog.at_level(logging.INFO, logger=ERRORS):
         queue.recover_backup_files()

@@ -20,6 +20,7 @@ LAYERS = {
     "errors": 0,
     "message": 0,
     "safepickle": 0,
+    "seal": 0,
     "qfile": 0,
     "switchboard": 0,
     "lists": 0,

@@ -251,60 +251,87 @@ def mailman_drain_runner() -> type:
     return MailmanDrain
 
 
-def drains(messages: int, rounds: int) -> dict:
-    """Runners draining *messages* entries, against their switchboards drained by hand.
+#: The drains: the message size, and how many entries a drain takes.
+DRAINS = {"1 KB": (1_000, 1_000), "100 KB": (100_000, 300)}
 
-    mailqueue's runner and GNU Mailman's, each through its real run loop,
-    with a list and a member lookup for every message.
+
+def drains(rounds: int, scale: float = 1.0) -> dict[str, dict]:
+    """The same drain four ways, interleaved round by round, at each size of DRAINS.
+
+    Each round, for each contender, the queue is filled as a site fills it
+    (every entry flushed, as each implementation flushes it), then drained,
+    and only the drain is timed, per entry:
+
+    - *runner drain*: a ``Runner`` whose ``_dispose`` does nothing and
+      returns False, through its real run loop (the list and the sender
+      looked up for each message, the entry dequeued and finished), until
+      the queue is empty: mailqueue's and GNU Mailman's;
+    - *bare switchboard drain*: the queue's switchboard by hand, ``dequeue``
+      and ``finish`` of each file base the listing gives: mailqueue's and
+      GNU Mailman's.
     """
     from mailqueue.conformance.mailman import MailmanAdapter
 
     start_mailman()
+    results: dict[str, dict] = {}
     config.push("bench-drain", "[runner.drain]\n")
     mlist = create_list("drain@example.com")
-    msg = message_from_string(text_of(1_000))
     queue = config.switchboards["drain"]
     with MailmanAdapter().document_state() as mailman:
         mailman["config"].push("bench-drain", "[runner.mmdrain]\n")
         mm_list = mailman["create_list"]("drain@example.com")
-        mm_msg = mailman["message_from_string"](text_of(1_000))
         mm_queue = mailman["config"].switchboards["mmdrain"]
+        for size, (length, entries) in DRAINS.items():
+            entries = max(10, int(entries * scale))
+            msg = message_from_string(text_of(length))
+            mm_msg = mailman["message_from_string"](text_of(length))
 
-        def timed(fill: Callable[[], None], drain: Callable[[], None]) -> float:
-            with fsync_disabled():
+            def timed(fill: Callable[[], None], drain: Callable[[], None]) -> float:
                 fill()
-            start = time.perf_counter()
-            drain()
-            return (time.perf_counter() - start) / messages
+                start = time.perf_counter()
+                drain()
+                return (time.perf_counter() - start) / entries  # noqa: B023
 
-        def by_hand(queue: object) -> None:
-            for filebase in queue.files:
-                queue.dequeue(filebase)
-                queue.finish(filebase)
+            def by_hand(board: object) -> None:
+                for filebase in board.files:
+                    board.dequeue(filebase)
+                    board.finish(filebase)
 
-        def fill() -> None:
-            for _ in range(messages):
-                queue.enqueue(msg, listid=mlist.list_id)
+            def fill(msg=msg) -> None:
+                for _ in range(entries):  # noqa: B023
+                    queue.enqueue(msg, listid=mlist.list_id)
 
-        def mm_fill() -> None:
-            for _ in range(messages):
-                mm_queue.enqueue(mm_msg, listid=mm_list.list_id)
+            def mm_fill(mm_msg=mm_msg) -> None:
+                for _ in range(entries):  # noqa: B023
+                    mm_queue.enqueue(mm_msg, listid=mm_list.list_id)
 
-        contenders = {
-            "mailqueue": lambda: timed(fill, Drain("drain").run),
-            "bare switchboard": lambda: timed(fill, lambda: by_hand(queue)),
-            "mailman": lambda: timed(mm_fill, mailman_drain_runner()("mmdrain").run),
-            "mailman's bare switchboard": lambda: timed(
-                mm_fill, lambda: by_hand(mm_queue)
-            ),
-        }
-        times: dict[str, list[float]] = {name: [] for name in contenders}
-        names = list(contenders)
-        for number in range(rounds):
-            for name in names[number % 4 :] + names[: number % 4]:
-                times[name].append(contenders[name]())
+            contenders = {
+                "runner mailqueue": lambda: timed(fill, Drain("drain").run),
+                "runner mailman": lambda: timed(
+                    mm_fill, mailman_drain_runner()("mmdrain").run
+                ),
+                "bare mailqueue": lambda: timed(fill, lambda: by_hand(queue)),
+                "bare mailman": lambda: timed(mm_fill, lambda: by_hand(mm_queue)),
+            }
+            times: dict[str, list[float]] = {name: [] for name in contenders}
+            names = list(contenders)
+            for number in range(rounds):
+                for name in names[number % 4 :] + names[: number % 4]:
+                    times[name].append(contenders[name]())
+            for kind, title in (
+                ("runner", "runner drain"),
+                ("bare", "bare switchboard drain"),
+            ):
+                results[f"{title}, {size}"] = summary(
+                    {
+                        "mailqueue": times[f"{kind} mailqueue"],
+                        "mailman": times[f"{kind} mailman"],
+                    },
+                    1e-6,
+                    "µs an entry",
+                )
     config.pop("bench-drain")
-    return summary(times, 1e-6, "µs a message")
+    return results
 
 
 SCALE = (
@@ -500,7 +527,12 @@ def main() -> int:
     parser.add_argument(
         "--entries", type=int, nargs="+", default=[1_000, 10_000, 100_000]
     )
-    parser.add_argument("--messages", type=int, default=2000, help="a drain's")
+    parser.add_argument(
+        "--drain-scale",
+        type=float,
+        default=1.0,
+        help="a drain takes this times its usual number of entries",
+    )
     parser.add_argument(
         "--peak-entries", type=int, default=1_000_000, help="listed for peak memory"
     )
@@ -533,11 +565,7 @@ def main() -> int:
                 arguments.peak_entries, 3
             )
         }
-        report["drain"] = {
-            f"{arguments.messages:,} entries": drains(
-                arguments.messages, max(3, arguments.rounds // 5)
-            )
-        }
+        report["drain"] = drains(max(3, arguments.rounds // 3), arguments.drain_scale)
         # Last: draining 100,000 entries removes as many files, after which
         # this disk is slow to create files for minutes.
         report["as the queue grows"] = scaling(arguments.scale)

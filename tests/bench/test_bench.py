@@ -15,7 +15,8 @@ BENCH = Path(__file__).with_name("bench_queue.py")
 def test_the_benchmark_runs_every_measure_side_by_side(tmp_path):
     report = tmp_path / "bench.json"
     arguments = ["--rounds", "2", "--cycles", "2", "--entries", "200"]
-    arguments += ["--messages", "20", "--peak-entries", "500", "--scale", "50", "100"]
+    arguments += ["--drain-scale", "0.02", "--peak-entries", "500"]
+    arguments += ["--scale", "50", "100"]
     arguments += ["--json", str(report)]
     finished = subprocess.run(
         [sys.executable, "-W", "ignore::DeprecationWarning", str(BENCH), *arguments],
@@ -37,11 +38,13 @@ def test_the_benchmark_runs_every_measure_side_by_side(tmp_path):
         "200 entries, 1 in 7 of 9 digits",
         "200 entries, 1 in 7 of 9 digits, slice 0 of 4",
     }
-    assert set(figures["drain"]["20 entries"]["ratios"]) == {
-        "mailqueue / bare switchboard",
-        "mailqueue / mailman",
-        "mailqueue / mailman's bare switchboard",
+    assert set(figures["drain"]) == {
+        f"{kind}, {size}"
+        for kind in ("runner drain", "bare switchboard drain")
+        for size in ("1 KB", "100 KB")
     }
+    for result in figures["drain"].values():
+        assert set(result["ratios"]) == {"mailqueue / mailman"}
     grows = figures["as the queue grows"]
     assert set(grows) == {"50 entries", "100 entries"}
     for result in grows.values():

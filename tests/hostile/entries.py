@@ -156,6 +156,16 @@ def laughs(levels: int = 10) -> bytes:
 # The classics ------------------------------------------------------------------
 
 
+#: How the harness seals a case's bytes (see harness._seal).
+SEAL_KINDS = (
+    "seal-forged",
+    "seal-truncated",
+    "seal-replayed",
+    "seal-other-name",
+    "seal-other-key",
+)
+
+
 def classics(marker: str) -> list[Case]:
     """The hand-made corpus; code that runs would make the file *marker*."""
     cases: list[Case] = []
@@ -536,6 +546,19 @@ def classics(marker: str) -> list[Case]:
     add("types/truncated", good_entry()[:-3])
     add("types/not-a-pickle", b"From: a@example.com\n\nnot a pickle\n")
     add("types/shared-subpart", shared_part + good_metadata())
+
+    # Seals that must not vouch for anything: forged, truncated, copied from
+    # another entry, made for another file base, made under another key.
+    # Each on an entry that runs code, and on one that poisons a class.
+    sealed = {
+        "code": pickled(runs_code["os.system"]) + good_metadata(),
+        "poison": with_metadata(
+            metadata((text("evil"), call(glob("os", "system"), text(touch))))
+        ),
+    }
+    for what, payload in sealed.items():
+        for seal in SEAL_KINDS:
+            add(f"seal/{seal}/{what}", payload, kind=seal)
 
     # Files that are not regular files, and names that collide.
     for kind in (

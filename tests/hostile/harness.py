@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from entries import CANARY_TEXT, LIST_ID, Case, good_entry
+from entries import CANARY_TEXT, LIST_ID, SEAL_KINDS, Case, good_entry
 
 from mailqueue import (
     Message,
@@ -61,6 +61,7 @@ from mailqueue import (
 from mailqueue import cli as command_line
 from mailqueue.qfile import load_entry
 from mailqueue.runners import IncomingRunner, OutgoingRunner
+from mailqueue.seal import TRAILER_SIZE, Seal
 
 #: Seconds a case may take.  Under ``make coverage`` every line is traced,
 #: which makes the slowest cases several times slower: they get longer.
@@ -157,6 +158,8 @@ def _place(case: Case, directory: Path, extension: str, tree: Path) -> Path:
     kind = case.kind
     if kind == "bytes":
         path.write_bytes(case.data)
+    elif kind in SEAL_KINDS:
+        path.write_bytes(case.data + _seal(kind, case.data, tree))
     elif kind == "oversized":
         with open(path, "wb") as stream:
             stream.truncate(config.max_entry_size + 1)
@@ -204,6 +207,25 @@ def _place(case: Case, directory: Path, extension: str, tree: Path) -> Path:
     else:
         raise ValueError(f"unknown kind of case {kind!r}")
     return path
+
+
+def _seal(kind: str, data: bytes, tree: Path) -> bytes:
+    """A seal for the hostile *data* that must not make it trusted."""
+    if kind == "seal-replayed":
+        # The canary's own seal, valid for the canary's bytes.
+        (canary,) = [
+            p for p in (tree / "queue").glob("*/*") if p.suffix in (".pck", ".bak")
+        ]
+        return canary.read_bytes()[-TRAILER_SIZE:]
+    if kind == "seal-other-key":
+        return Seal(str(tree / "outside" / "other.keys")).trailer(HOSTILE, (data,))
+    filebase = "1600000000.0+" + "6" * 40 if kind == "seal-other-name" else HOSTILE
+    trailer = config.seal.trailer(filebase, (data,))
+    if kind == "seal-forged":
+        return trailer[:-9] + bytes(b ^ 0xFF for b in trailer[-9:-1]) + b"."
+    if kind == "seal-truncated":
+        return trailer[:-2]
+    return trailer
 
 
 def _count_entries(tree: Path) -> int:

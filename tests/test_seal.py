@@ -1,0 +1,245 @@
+"""The site's seal: what it wrote is read without the opcode check, nothing else."""
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from mailqueue import Switchboard, message_from_string, qfile, safepickle
+from mailqueue.cli import main
+from mailqueue.configuration import config
+from mailqueue.seal import KEPT_KEYS, SEAL_MAX, TRAILER_SIZE, Seal, seal_start
+
+TEXT = "From: aperson@example.com\nTo: test@example.com\nSubject: sealed\n\nHello.\n"
+
+
+@pytest.fixture
+def queue(var_dir):
+    return config.switchboards["in"]
+
+
+@pytest.fixture
+def checks(monkeypatch):
+    """The opcode checks made, by the position each started at."""
+    made = []
+    real = safepickle.check
+
+    def check(data, position=0):
+        made.append(position)
+        return real(data, position)
+
+    monkeypatch.setattr(safepickle, "check", check)
+    return made
+
+
+def path_of(queue, filebase, extension=".pck"):
+    return os.path.join(queue.queue_directory, filebase + extension)
+
+
+def test_an_entry_the_site_writes_is_sealed_and_read_without_the_check(queue, checks):
+    filebase = queue.enqueue(message_from_string(TEXT), listid="test.example.com")
+    data = Path(path_of(queue, filebase)).read_bytes()
+    assert seal_start(data) == len(data) - TRAILER_SIZE
+    # A reader that knows nothing of seals reads two pickles and stops.
+    with open(path_of(queue, filebase), "rb") as stream:
+        assert pickle.load(stream)["subject"] == "sealed"
+        assert pickle.load(stream)["listid"] == "test.example.com"
+    checks.clear()
+    msg, msgdata = queue.dequeue(filebase)
+    assert checks == []
+    assert msg["subject"] == "sealed" and msgdata["listid"] == "test.example.com"
+    key = Path(config.seal.path).read_text().split()
+    assert len(key) == 2 and key[1] not in data.hex()  # the secret is in no entry
+    assert os.stat(config.seal.path).st_mode & 0o777 == 0o600
+
+
+def test_a_sealed_entry_under_another_name_is_checked_in_full(queue, checks):
+    filebase = queue.enqueue(message_from_string(TEXT))
+    other = "1600000000.0+" + "7" * 40
+    os.rename(path_of(queue, filebase), path_of(queue, other))
+    checks.clear()
+    msg, _ = queue.dequeue(other)
+    assert len(checks) == 2 and msg["subject"] == "sealed"
+
+
+@pytest.mark.parametrize("damage", ["forged", "other key", "flipped byte"])
+def test_a_seal_that_does_not_hold_means_the_full_check(
+    queue, checks, damage, tmp_path
+):
+    filebase = queue.enqueue(message_from_string(TEXT))
+    path = path_of(queue, filebase)
+    data = Path(path).read_bytes()
+    content = data[:-TRAILER_SIZE]
+    if damage == "forged":
+        data = data[:-2] + bytes([data[-2] ^ 1]) + b"."
+    elif damage == "other key":
+        data = content + Seal(str(tmp_path / "other.keys")).trailer(
+            filebase, (content,)
+        )
+    else:  # a byte of the message changed, within a string
+        at = content.index(b"Hello")
+        data = content[:at] + b"J" + content[at + 1 :] + data[-TRAILER_SIZE:]
+    with open(path, "wb") as stream:
+        stream.write(data)
+    checks.clear()
+    msg, _ = queue.dequeue(filebase)
+    assert len(checks) == 2
+    assert msg.get_payload() in ("Hello.\n", "Jello.\n")
+
+
+def test_a_truncated_seal_is_bytes_after_the_metadata(queue):
+    filebase = queue.enqueue(message_from_string(TEXT))
+    path = path_of(queue, filebase)
+    data = Path(path).read_bytes()
+    with open(path, "wb") as stream:
+        stream.write(data[:-1])
+    with pytest.raises(qfile.QueueFileError, match="bytes follow the metadata"):
+        queue.dequeue(filebase)
+
+
+def test_a_sealed_entry_that_is_not_two_pickles_is_refused(queue, tmp_path):
+    # A valid seal over bytes this site never wrote as an entry (a stolen
+    # key): still built only by the restricted unpickler, and refused.
+    seal = config.seal
+    pickles = pickle.dumps("a message") + pickle.dumps({"a": 1}) + b"extra"
+    path = path_of(queue, "1600000000.0+" + "8" * 40)
+    with open(path, "wb") as stream:
+        stream.write(pickles + seal.trailer("1600000000.0+" + "8" * 40, (pickles,)))
+    with pytest.raises(qfile.QueueFileError, match="5 bytes follow"):
+        qfile.load_entry(path, seal=seal)
+
+
+def test_recovery_keeps_the_seal(queue, checks):
+    filebase = queue.enqueue(message_from_string(TEXT))
+    queue.dequeue(filebase)
+    Switchboard("in", queue.queue_directory, seal=config.seal).recover_backup_files()
+    checks.clear()
+    _, msgdata = queue.dequeue(filebase)
+    assert checks == [] and msgdata["_bak_count"] == 1
+
+
+def test_large_entries_and_hand_made_switchboards_are_not_sealed(queue, tmp_path):
+    big = queue.enqueue(message_from_string(TEXT + "x" * SEAL_MAX))
+    data = Path(path_of(queue, big)).read_bytes()
+    assert seal_start(data) == len(data)
+    plain = Switchboard("plain", str(tmp_path / "plain"))
+    filebase = plain.enqueue(message_from_string(TEXT))
+    data = Path(path_of(plain, filebase)).read_bytes()
+    assert seal_start(data) == len(data)
+    assert plain.dequeue(filebase)[0]["subject"] == "sealed"
+
+
+def test_a_gnu_mailman_site_has_no_seal(tmp_path):
+    site = tmp_path / "mailman.cfg"
+    site.write_text(f"[paths.here]\nvar_dir: {tmp_path}/mm\n[mailman]\nlayout: here\n")
+    config.push("seal-mailman", f"[mailman]\nconfig: {site}\n")
+    try:
+        assert config.mailman is not None and config.seal is None
+        assert config.switchboards.make("in").seal is None
+    finally:
+        config.pop("seal-mailman")
+
+
+def test_keys_rotate_and_old_seals_hold_while_their_key_is_kept(
+    queue, checks, monkeypatch
+):
+    monkeypatch.setattr(Seal, "recheck_after", 0.0)
+    first = queue.enqueue(message_from_string(TEXT))
+    other = Seal(config.seal.path)  # another process, which rotates
+    filebases = [first]
+    for _ in range(KEPT_KEYS - 1):
+        other.rotate()
+        filebases.append(queue.enqueue(message_from_string(TEXT)))
+    ids = {Path(path_of(queue, f)).read_bytes()[-41:-33] for f in filebases}
+    assert len(ids) == KEPT_KEYS  # each written under the key of its time
+    checks.clear()
+    for filebase in filebases:
+        queue.dequeue(filebase)
+    assert checks == []
+    last = queue.enqueue(message_from_string(TEXT))
+    other.rotate()  # the first entry's key is dropped now
+    newest = queue.enqueue(message_from_string(TEXT))
+    checks.clear()
+    queue.dequeue(last)
+    queue.dequeue(newest)
+    assert checks == []
+    again = queue.enqueue(message_from_string(TEXT))
+    data = Path(path_of(queue, again)).read_bytes()
+    assert data[-41:-33] == list(other._keys)[-1]
+    assert len(Path(config.seal.path).read_text().splitlines()) == KEPT_KEYS
+
+
+def test_an_entry_under_a_dropped_key_is_checked_in_full(queue, checks):
+    filebase = queue.enqueue(message_from_string(TEXT))
+    for _ in range(KEPT_KEYS):
+        config.seal.rotate()
+    checks.clear()
+    assert queue.dequeue(filebase)[0]["subject"] == "sealed"
+    assert len(checks) == 2
+
+
+@pytest.mark.parametrize("problem", ["mode", "symlink", "empty", "directory"])
+def test_a_key_file_that_must_not_be_used_means_no_seals(tmp_path, problem):
+    path = tmp_path / "seal.keys"
+    Seal(str(path)).trailer("x", (b"",))  # makes it
+    if problem == "mode":
+        os.chmod(path, 0o640)
+    elif problem == "symlink":
+        os.rename(path, tmp_path / "real.keys")
+        os.symlink(tmp_path / "real.keys", path)
+    elif problem == "empty":
+        path.write_text("not a key\n")
+        os.chmod(path, 0o600)
+    else:
+        os.unlink(path)
+        path.mkdir()
+    seal = Seal(str(path))
+    assert seal.trailer("x", (b"",)) is None
+    assert seal.problem.startswith(str(path))
+    queue = Switchboard("q", str(tmp_path / "q"), seal=seal)
+    filebase = queue.enqueue(message_from_string(TEXT))
+    data = Path(path_of(queue, filebase)).read_bytes()
+    assert seal_start(data) == len(data)
+    assert queue.dequeue(filebase)[0]["subject"] == "sealed"
+
+
+def test_a_reader_never_makes_the_key_file(tmp_path):
+    seal = Seal(str(tmp_path / "keys" / "seal.keys"))
+    data = b"x" * 10 + Seal(str(tmp_path / "other")).trailer("f", (b"x" * 10,))
+    assert not seal.valid("f", data, seal_start(data))
+    assert not (tmp_path / "keys").exists() and seal.problem == ""
+
+
+def test_seal_start_of_what_is_too_short_or_ends_otherwise():
+    assert seal_start(b"") == 0
+    assert seal_start(b"." * TRAILER_SIZE) == TRAILER_SIZE
+    # The layout of a seal (prefix, key id, MAC), not ending in STOP.
+    data = b"ab" + b"\x80\x04C\x2fmqseal1" + b"\0" * 40 + b"!"
+    assert seal_start(data) == len(data)
+
+
+def run(capsys, *arguments):
+    status = main(list(arguments))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_the_command_rotates_the_key(var_dir, capsys):
+    status, out, err = run(capsys, "rotate-key")
+    assert (status, err) == (0, "")
+    assert out == f"entries are sealed with a new key now ({config.seal.path})\n"
+    assert len(Path(config.seal.path).read_text().splitlines()) == 1
+    run(capsys, "rotate-key")
+    assert len(Path(config.seal.path).read_text().splitlines()) == 2
+
+
+def test_the_command_says_in_a_line_why_it_cannot(var_dir, capsys):
+    run(capsys, "rotate-key")
+    os.chmod(config.seal.path, 0o644)
+    status, out, err = run(capsys, "rotate-key")
+    assert (status, out) == (1, "")
+    assert err == (
+        "mailqueue: error: [Errno 1] the seal's key file is open to others "
+        f"(mode 0644, not 0600): {config.seal.path!r}\n"
+    )
