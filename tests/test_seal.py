@@ -179,7 +179,9 @@ def test_an_entry_under_a_dropped_key_is_checked_in_full(queue, checks):
     assert len(checks) == 2
 
 
-@pytest.mark.parametrize("problem", ["mode", "symlink", "empty", "directory"])
+@pytest.mark.parametrize(
+    "problem", ["mode", "symlink", "empty", "directory", "fifo", "under a file"]
+)
 def test_a_key_file_that_must_not_be_used_means_no_seals(tmp_path, problem):
     path = tmp_path / "seal.keys"
     Seal(str(path)).trailer("x", (b"",))  # makes it
@@ -191,9 +193,16 @@ def test_a_key_file_that_must_not_be_used_means_no_seals(tmp_path, problem):
     elif problem == "empty":
         path.write_text("not a key\n")
         os.chmod(path, 0o600)
-    else:
+    elif problem == "directory":
         os.unlink(path)
         path.mkdir()
+    elif problem == "fifo":
+        os.unlink(path)
+        os.mkfifo(path, 0o600)
+    else:
+        os.unlink(path)
+        path.write_text("")
+        path = path / "seal.keys"
     seal = Seal(str(path))
     assert seal.trailer("x", (b"",)) is None
     assert seal.problem.startswith(str(path))
@@ -243,3 +252,25 @@ def test_the_command_says_in_a_line_why_it_cannot(var_dir, capsys):
         "mailqueue: error: [Errno 1] the seal's key file is open to others "
         f"(mode 0644, not 0600): {config.seal.path!r}\n"
     )
+
+
+def test_only_well_formed_keys_are_taken(tmp_path):
+    path = tmp_path / "seal.keys"
+    path.write_text(
+        f"{'ab' * 4} {'cd' * 32}\nabcd {'cd' * 32}\n{'12' * 8} {'34' * 32}\n"
+    )
+    os.chmod(path, 0o600)
+    seal = Seal(str(path))
+    trailer = seal.trailer("f", (b"x",))
+    assert trailer[11:19] == bytes.fromhex("12" * 8)
+    assert list(seal._keys) == [bytes.fromhex("12" * 8)]  # ids of 8 bytes only
+
+
+def test_a_key_file_gone_is_no_change_and_no_key(tmp_path):
+    path = tmp_path / "seal.keys"
+    seal = Seal(str(path))
+    data = b"x" + seal.trailer("f", (b"x",))
+    os.unlink(path)
+    other = b"x" + Seal(str(tmp_path / "other")).trailer("f", (b"x",))
+    assert not seal.valid("f", other, 1)  # an unknown key, and nothing to reread
+    assert seal.valid("f", data, 1)  # the keys read before still hold
