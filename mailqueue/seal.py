@@ -35,7 +35,7 @@ import stat
 import threading
 import time
 
-__all__ = ["SEAL_MAX", "TRAILER_SIZE", "Seal", "seal_start"]
+__all__ = ["SEAL_MAX", "TRAILER_SIZE", "Seal", "SealKeyError", "seal_start"]
 
 #: The pickle a seal is: protocol 4, SHORT_BINBYTES of 47 bytes, STOP.
 _MAGIC = b"mqseal1"
