@@ -1204,7 +1204,9 @@ class Outcome:
 
 def trace_scenario(
     scenario: Scenario, root: str, plant: str
-) -> tuple[Trace, dict[str, Any], dict[str, str]]:
+) -> tuple[Trace, dict[str, Any], dict[str, str], dict[str, dict[str, Any]]]:
+    """Trace *scenario* under *root*: the trace, the state it began from, each
+    file base's entry, and each entry's metadata as made."""
     os.makedirs(root)
     config.push("crash-lists", site_config(root))
     try:
