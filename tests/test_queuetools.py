@@ -97,3 +97,26 @@ def test_what_an_entry_says_of_itself(var_dir):
 def test_ages(var_dir, waited, shown):
     entry = queued()
     assert queuetools.age(entry, now=entry.when + waited) == shown
+
+
+def test_an_entry_gone_between_the_listing_and_its_reading_says_so(
+    var_dir, monkeypatch
+):
+    # A runner took it just after the directory was listed.
+    directory = config.runners["in"].path
+    filebase = queued().filebase
+    real = os.listdir
+
+    def listed_then_taken(path):
+        names = real(path)
+        if path == directory:
+            os.rename(
+                os.path.join(directory, filebase + ".pck"),
+                os.path.join(directory, filebase + ".bak"),
+            )
+        return names
+
+    monkeypatch.setattr(queuetools.os, "listdir", listed_then_taken)
+    (entry,) = queuetools.list_entries(["in"])
+    assert (entry.filebase, entry.size) == (filebase, 0)
+    assert "No such file or directory" in entry.problem
