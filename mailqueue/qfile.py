@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 from mailqueue import safepickle
 from mailqueue.errors import MailqueueError
 from mailqueue.message import Message
-from mailqueue.seal import Seal, seal_start
+from mailqueue.seal import SEAL_MAX, Seal, seal_start
 
 __all__ = [
     "DIGEST_BITS",
@@ -64,6 +64,7 @@ __all__ = [
     "parse_entry",
     "parse_filebase",
     "read_file",
+    "rename_no_replace",
     "write_file",
 ]
 
@@ -297,12 +298,16 @@ def _process_random() -> bytes:
 os.register_at_fork(after_in_child=_random.clear)
 
 
-def dump_checked(obj: Any, what: str) -> bytes:
+def dump_checked(
+    obj: Any, what: str, long_strings: list[tuple[int, int]] | None = None
+) -> bytes:
     """Pickle *obj*, refusing anything that :func:`load_entry` would refuse.
 
     The pickle is checked by the same rules a reader checks it by, so an
     entry is never written that could not be dequeued.  *what* names it in
-    the error, a :exc:`TypeError`.
+    the error, a :exc:`TypeError`.  With *long_strings*, a pickle of more
+    than :data:`~mailqueue.seal.SEAL_MAX` bytes is walked opcode by opcode,
+    and where its long strings are is appended to the list, for its seal.
     """
     try:
         if type(obj) in _PORTABLE_NAMES:
@@ -311,7 +316,9 @@ def dump_checked(obj: Any, what: str) -> bytes:
             data = pickle.dumps(obj, PICKLE_PROTOCOL)
             if _OWN_NAME in data:
                 data = _portable_dumps(obj)
-        if not safepickle.is_plain(obj, len(data)):
+        if long_strings is not None and len(data) > SEAL_MAX:
+            safepickle.check(data, 0, long_strings)
+        elif not safepickle.is_plain(obj, len(data)):
             safepickle.check(data)
     except (pickle.PicklingError, TypeError, AttributeError, ValueError) as error:
         raise TypeError(f"cannot queue this {what}: {error}") from None
@@ -806,6 +813,48 @@ def move_file(source: str, target: str) -> None:
             fsync_directory(os.path.dirname(target))
             raise
     fsync_directory(os.path.dirname(source))
+
+
+#: renameat2's flag that makes it fail, rather than replace, an existing
+#: target; and its "relative to the working directory".
+_RENAME_NOREPLACE, _AT_FDCWD = 1, -100
+
+
+@functools.cache
+def _renameat2() -> tuple[Callable[..., int], Callable[[], int]] | None:
+    # Linux's renameat2 from the C library and how to read its errno, or
+    # None where there is none.  Its arguments are ints and bytes, which
+    # ctypes passes as C ints and pointers as they are.
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).renameat2, ctypes.get_errno
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def rename_no_replace(source: str, target: str) -> None:
+    """Rename *source* to *target* in one step, never replacing *target*.
+
+    Raise :exc:`FileExistsError` if *target* exists, and
+    :exc:`FileNotFoundError` if *source* does not.  Where the system can
+    (Linux's ``renameat2`` with ``RENAME_NOREPLACE``, on most local file
+    systems), the test and the rename are one atomic call; elsewhere the
+    target is looked for first, which is as good where nothing else makes
+    that name (as nothing makes a ``.bak`` but the rename of its ``.pck``).
+    """
+    found = _renameat2()
+    if found is not None:
+        renameat2, get_errno = found
+        paths = os.fsencode(source), os.fsencode(target)
+        if not renameat2(_AT_FDCWD, paths[0], _AT_FDCWD, paths[1], _RENAME_NOREPLACE):
+            return
+        number = get_errno()
+        if number not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise OSError(number, os.strerror(number), source, None, target)
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
+    os.rename(source, target)
 
 
 def fsync_directory(directory: str) -> None:

@@ -67,6 +67,7 @@ from mailqueue.errors import MailqueueError
 from mailqueue.message import Message
 
 __all__ = [
+    "LONG_STRING",
     "MAX_DEPTH",
     "MAX_OBJECTS",
     "MAX_ODD_KEYS",
@@ -86,6 +87,8 @@ MAX_OBJECTS = 1_000_000
 MAX_ODD_KEYS = 1_000
 #: The weight any pickle may have, however small it is.
 MIN_WEIGHT = 1 << 20
+#: How long a string or bytes argument :func:`check` reports, when asked.
+LONG_STRING = 4096
 
 
 class PickleRefused(MailqueueError, ValueError):
@@ -276,6 +279,7 @@ class _Checker:
     __slots__ = (
         "data",
         "fence",
+        "long_strings",
         "marks",
         "max_weight",
         "memo",
@@ -297,6 +301,8 @@ class _Checker:
         #: The memo: the pickler numbers its entries 0, 1, 2 ... in order.
         self.memo: list[_Sketch] = []
         self.objects = 0
+        #: Where the long string and bytes arguments are, if asked.
+        self.long_strings: list[tuple[int, int]] | None = None
 
     # Errors and bookkeeping ---------------------------------------------
 
@@ -552,6 +558,12 @@ class _Checker:
             raise self.refuse(f"is truncated (wants {size:,} more bytes)")
         self.position = end
         text = (start, end) if size <= 255 else None
+        if (
+            size >= LONG_STRING
+            and self.long_strings is not None
+            and kind in (_STR, _BYTES)
+        ):
+            self.long_strings.append((start, size))
         if kind in _MUTABLE:
             # A bytearray can be referenced again, and is frozen then: a node.
             self.push(kind, 1 + size, text)
@@ -895,14 +907,21 @@ _HANDLERS = _opcodes()
 # The entry points -----------------------------------------------------------
 
 
-def check(data: bytes, position: int = 0) -> tuple[str, int]:
+def check(
+    data: bytes,
+    position: int = 0,
+    long_strings: list[tuple[int, int]] | None = None,
+) -> tuple[str, int]:
     """Check the pickle in *data* that starts at *position*, building nothing.
 
     Return what it would make (``"message"``, ``"text"``, ``"dict"`` with
     string keys, or ``"other"``) and the position just after its STOP.
-    Raise :exc:`PickleRefused` if it breaks any of the rules above.
+    Raise :exc:`PickleRefused` if it breaks any of the rules above.  With
+    *long_strings*, the offset and length of every string or bytes argument
+    of at least :data:`LONG_STRING` bytes is appended to it, in order.
     """
     checker = _Checker(data, position, max(2 * (len(data) - position), MIN_WEIGHT))
+    checker.long_strings = long_strings
     result, end = checker.run()
     if result.kind == _INSTANCE and issubclass(result.value, email.message.Message):
         made = "message"

@@ -6,8 +6,8 @@ dequeue costs.  An entry this site wrote was checked as it was written, so
 checking it again proves nothing new, if the reader can tell that the file
 is the one that was written.  A *seal* says so: after the two pickles, a
 writer that has the site's key appends a third, small pickle of one
-``bytes`` object holding a key id and an HMAC-SHA256, under that key, of
-the entry's file base and both pickles.  A reader with the key that finds a
+``bytes`` object holding a key id and a MAC (keyed BLAKE2b), under that key,
+of the entry's file base and both pickles.  A reader with the key that finds a
 valid seal builds the entry at C speed with the same restricted unpickler,
 skipping the opcode walk; anything else (no seal, a seal under a key it
 does not have, a forged, truncated or copied one, an entry of another
@@ -15,6 +15,14 @@ file base) is checked in full, as every file is that the site did not
 write.  A seal never makes a file be refused, and never lets one be read
 that the check would refuse: only bytes that the check accepted (or that
 :func:`mailqueue.safepickle.is_plain` vouched for) are ever sealed.
+
+An entry larger than :data:`SEAL_MAX` may leave the arguments of its long
+string opcodes (the body of a message) out of the MAC, so that the MAC
+costs what the entry's structure costs: the seal lists where they are, and
+that list is under the MAC.  Bytes within those ranges can be changed
+without breaking the seal, but they are only ever the characters of a
+string of the length the (covered) opcode gives: the objects built are
+the ones the writer checked, with other text in them.
 
 A reader that knows nothing of seals (GNU Mailman's switchboard) reads two
 pickles and stops; the seal is ignored.
@@ -29,23 +37,33 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import hmac
 import os
 import stat
+import struct
 import threading
 import time
+from collections.abc import Iterable, Sequence
 
-__all__ = ["SEAL_MAX", "TRAILER_SIZE", "Seal", "SealKeyError", "seal_start"]
+__all__ = [
+    "MAX_RANGES",
+    "SEAL_MAX",
+    "TRAILER_SIZE",
+    "Seal",
+    "SealKeyError",
+    "seal_start",
+]
 
-#: The pickle a seal is: protocol 4, SHORT_BINBYTES of 47 bytes, STOP.
-_MAGIC = b"mqseal1"
+_MAGIC = b"mqseal2"
 _ID, _MAC = 8, 32
-_PREFIX = b"\x80\x04C" + bytes([len(_MAGIC) + _ID + _MAC]) + _MAGIC
-#: The size of a seal, at the end of a sealed entry.
-TRAILER_SIZE = len(_PREFIX) + _ID + _MAC + 1
-#: Entries larger than this are not sealed: for them, computing the MAC
-#: costs more than checking the opcodes (which do not grow with a message's
-#: body, one string whatever its length).
+#: A range left out of the MAC: its offset and its length, 4 bytes each.
+_RANGE = struct.Struct("<II")
+#: How many ranges one seal may leave out.
+MAX_RANGES = 16
+#: Entries larger than this are sealed only if the writer knows where their
+#: long strings are (it walked their opcodes): those are left out of the
+#: MAC, which then costs what the entry's structure costs, not its body.
 SEAL_MAX = 64 * 1024
 #: How many keys a rotation keeps, the new one among them.
 KEPT_KEYS = 3
@@ -53,16 +71,31 @@ _SECRET = 32
 _DOMAIN = b"mailqueue seal\0"
 
 
+def _prefix(count: int) -> bytes:
+    # The pickle a seal is: protocol 4, SHORT_BINBYTES of its payload's length
+    # (the magic, the key id, the ranges, their count and the MAC), then STOP.
+    return b"\x80\x04C" + bytes([len(_MAGIC) + _ID + _RANGE.size * count + 1 + _MAC])
+
+
+_PREFIXES = [_prefix(count) + _MAGIC for count in range(MAX_RANGES + 1)]
+_HEAD = len(_PREFIXES[0])
+#: The size of a seal that leaves nothing out, at the end of a sealed entry;
+#: each range left out adds 8 bytes.
+TRAILER_SIZE = _HEAD + _ID + 1 + _MAC + 1
+
+
 def seal_start(data: bytes | memoryview) -> int:
     """Where a seal begins in *data*, the bytes of an entry; its length if none."""
-    end = len(data) - TRAILER_SIZE
-    if (
-        end > 0
-        and data[end : end + len(_PREFIX)] == _PREFIX
-        and data[len(data) - 1 :] == b"."
-    ):
-        return end
-    return len(data)
+    size = len(data)
+    if size <= TRAILER_SIZE or data[size - 1 : size] != b".":
+        return size
+    count = data[size - _MAC - 2]
+    if count > MAX_RANGES:
+        return size
+    start = size - TRAILER_SIZE - _RANGE.size * count
+    if start > 0 and data[start : start + _HEAD] == _PREFIXES[count]:
+        return start
+    return size
 
 
 class SealKeyError(OSError):
@@ -96,12 +129,19 @@ class Seal:
     # Writing and reading seals -------------------------------------------
 
     def trailer(
-        self, filebase: str, parts: tuple[bytes | memoryview, ...]
+        self,
+        filebase: str,
+        parts: tuple[bytes | memoryview, ...],
+        ranges: Sequence[tuple[int, int]] = (),
     ) -> bytes | None:
         """The seal of the entry *filebase* made of *parts* (its two pickles).
 
         Only for pickles the opcode check accepts: a seal is a promise that
-        they were checked.  None if there is no usable key.
+        they were checked.  *ranges* (offset and length, in order, at most
+        :data:`MAX_RANGES`) are left out of the MAC: each must be the whole
+        argument of a string or bytes opcode of the first part, which the
+        check found so (see :func:`mailqueue.safepickle.check`).  None if
+        there is no usable key.
         """
         now = time.monotonic()
         if now - self._checked_at > self.recheck_after:
@@ -112,12 +152,24 @@ class Seal:
         if not self._keys and not self._ready(make=True):
             return None
         key_id = self._current
-        return _PREFIX + key_id + _mac(self._keys[key_id], filebase, parts) + b"."
+        head = b"".join(
+            (
+                _PREFIXES[len(ranges)],
+                key_id,
+                *(_RANGE.pack(*where) for where in ranges),
+                bytes([len(ranges)]),
+            )
+        )
+        pieces = _outside(memoryview(parts[0]), ranges)
+        if pieces is None:
+            raise ValueError("the ranges to leave out are not in order, in the message")
+        mac = _mac(self._keys[key_id], filebase, head, [*pieces, *parts[1:]])
+        return head + mac + b"."
 
     def valid(self, filebase: str, data: bytes | memoryview, start: int) -> bool:
         """True if *data* ends, at *start*, in our valid seal of entry *filebase*."""
-        view = memoryview(data)
-        key_id = bytes(view[start + len(_PREFIX) : start + len(_PREFIX) + _ID])
+        at = start + _HEAD
+        key_id = bytes(data[at : at + _ID])
         key = self._keys.get(key_id)
         if key is None and (not self._tried or self._changed()):
             # Not read yet, or another process rotated the keys.
@@ -125,8 +177,14 @@ class Seal:
             key = self._keys.get(key_id)
         if key is None:
             return False
-        found = view[start + len(_PREFIX) + _ID : len(view) - 1]
-        return hmac.compare_digest(_mac(key, filebase, (view[:start],)), found)
+        view = memoryview(data)
+        mac_at = len(view) - _MAC - 1
+        ranges = _RANGE.iter_unpack(view[at + _ID : mac_at - 1])
+        pieces = _outside(view[:start], ranges)
+        if pieces is None:
+            return False
+        mac = _mac(key, filebase, view[start:mac_at], pieces)
+        return hmac.compare_digest(mac, view[mac_at : mac_at + _MAC])
 
     def _ready(self, make: bool) -> bool:
         # Read the keys (making the file first if *make* and it is missing).
@@ -244,8 +302,30 @@ class Seal:
             os.close(dfd)
 
 
-def _mac(key: bytes, filebase: str, parts: tuple[bytes | memoryview, ...]) -> bytes:
-    # One call into OpenSSL: the copy of a small entry costs less than the
-    # steps of an HMAC object.
+def _outside(
+    view: memoryview, ranges: Iterable[tuple[int, int]]
+) -> list[memoryview] | None:
+    # The pieces of view that the ranges leave; None unless they are in
+    # order, apart, and within it.
+    pieces = []
+    reached = 0
+    for offset, length in ranges:
+        if offset < reached or offset + length > len(view):
+            return None
+        pieces.append(view[reached:offset])
+        reached = offset + length
+    pieces.append(view[reached:])
+    return pieces
+
+
+def _mac(
+    key: bytes,
+    filebase: str,
+    head: bytes | memoryview,
+    pieces: Sequence[bytes | memoryview],
+) -> bytes:
+    # Keyed BLAKE2b: a MAC by design, in one call into CPython's own C; the
+    # copy of what is covered costs less than the steps of an object.
     named = _DOMAIN + filebase.encode("ascii", "replace") + b"\0"
-    return hmac.digest(key, b"".join((named, *parts)), "sha256")
+    covered = b"".join((named, head, *pieces))
+    return hashlib.blake2b(covered, key=key, digest_size=_MAC).digest()

@@ -17,7 +17,7 @@ from typing import Any
 from mailqueue import qfile
 from mailqueue.errors import MailqueueError
 from mailqueue.message import Message
-from mailqueue.seal import SEAL_MAX, TRAILER_SIZE, Seal
+from mailqueue.seal import MAX_RANGES, SEAL_MAX, TRAILER_SIZE, Seal
 
 __all__ = [
     "MAX_BAK_COUNT",
@@ -334,8 +334,10 @@ class Switchboard:
         stored["_parsemsg"] = plaintext
         if not isinstance(msg, email.message.Message):
             raise TypeError(f"cannot queue a {type(msg).__name__}: not a message")
+        # Where the long strings of a large message are, for its seal.
+        long_strings: list[tuple[int, int]] | None = None if self.seal is None else []
         message_pickle = qfile.dump_checked(
-            _as_text(msg) if plaintext else msg, "message"
+            _as_text(msg) if plaintext else msg, "message", long_strings
         )
         metadata_pickle = qfile.dump_checked(stored, "metadata")
         size = len(message_pickle) + len(metadata_pickle)
@@ -350,7 +352,7 @@ class Switchboard:
         try:
             qfile.write_file(
                 self._path(filebase, ".pck"),
-                self._sealed(filebase, message_pickle, metadata_pickle),
+                self._sealed(filebase, message_pickle, metadata_pickle, long_strings),
                 self._spares,
             )
         except OSError as error:
@@ -362,15 +364,24 @@ class Switchboard:
         return filebase
 
     def _sealed(
-        self, filebase: str, message_pickle: bytes | memoryview, metadata_pickle: bytes
+        self,
+        filebase: str,
+        message_pickle: bytes | memoryview,
+        metadata_pickle: bytes,
+        long_strings: list[tuple[int, int]] | None = None,
     ) -> tuple[bytes | memoryview, ...]:
-        # The two pickles, and their seal if there is a key and they are small
-        # enough for a seal to pay.
+        # The two pickles, and their seal if there is a key, and either they
+        # are small or the check told where the message's long strings are
+        # (the seal leaves those out).
         parts = (message_pickle, metadata_pickle)
-        size = len(message_pickle) + len(metadata_pickle) + TRAILER_SIZE
-        if self.seal is None or size > min(SEAL_MAX, self.max_entry_size):
+        if self.seal is None:
             return parts
-        trailer = self.seal.trailer(filebase, parts)
+        ranges = (long_strings or [])[:MAX_RANGES]
+        size = len(message_pickle) + len(metadata_pickle)
+        size += TRAILER_SIZE + 8 * len(ranges)
+        if size > self.max_entry_size or (size > SEAL_MAX and not ranges):
+            return parts
+        trailer = self.seal.trailer(filebase, parts, ranges)
         return parts if trailer is None else (*parts, trailer)
 
     def dequeue(self, filebase: str) -> tuple[Message, dict[str, Any]]:
@@ -387,12 +398,6 @@ class Switchboard:
         preserving the entry sets that ``.bak`` aside.
         """
         queued, backup = self._path(filebase, ".pck"), self._path(filebase, ".bak")
-        if os.path.lexists(backup):
-            # No writer ever makes a .bak while its .pck is there: if both
-            # are, the .bak is a stray, else another process just took it.
-            if os.path.lexists(queued):
-                raise qfile.QueueFileError(f"{filebase}: its .bak exists already")
-            raise FileNotFoundError(errno.ENOENT, "taken by another process", queued)
         # The entry is locked for as long as this process works on it, so
         # that no recovery in another process puts it back meanwhile; the
         # lock is on the file, taken before the rename makes it a .bak.
@@ -403,11 +408,21 @@ class Switchboard:
                 errno.ENOENT, "taken by another process", queued
             ) from None
         # Whoever renames the .pck owns the entry; a loser's rename fails.
+        # No writer ever makes a .bak while its .pck is there: if both are,
+        # the .bak is a stray, never replaced.
         try:
-            os.rename(queued, backup)
-        except BaseException:
+            qfile.rename_no_replace(queued, backup)
+        except BaseException as error:
             if lock is not None:
                 os.close(lock)
+            if isinstance(error, FileExistsError):
+                raise qfile.QueueFileError(
+                    f"{filebase}: its .bak exists already"
+                ) from None
+            if isinstance(error, FileNotFoundError):
+                raise FileNotFoundError(
+                    errno.ENOENT, "taken by another process", queued
+                ) from None
             raise
         if lock is not None:
             if len(_held) >= _SIZES_KEPT:

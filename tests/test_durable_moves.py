@@ -219,3 +219,51 @@ def test_an_operator_move_onto_a_name_made_meanwhile_replaces_nothing(
     assert not result.ok and "exists already" in result.text
     assert os.path.exists(os.path.join(board.queue_directory, filebase + ".pck"))
     assert shunted in os.listdir(shunt.queue_directory)[0]
+
+
+# The rename that takes an entry, never over a .bak --------------------------
+
+
+def test_rename_no_replace_moves_and_never_replaces(tmp_path):
+    source, target = tmp_path / "a", tmp_path / "b"
+    source.write_text("entry")
+    target.write_text("stray")
+    with pytest.raises(FileExistsError):
+        qfile.rename_no_replace(str(source), str(target))
+    assert target.read_text() == "stray"
+    with pytest.raises(FileNotFoundError):
+        qfile.rename_no_replace(str(tmp_path / "gone"), str(tmp_path / "c"))
+    target.unlink()
+    qfile.rename_no_replace(str(source), str(target))
+    assert target.read_text() == "entry" and not source.exists()
+
+
+@pytest.mark.parametrize("system", ["no renameat2", "ENOSYS", "EINVAL"])
+def test_without_renameat2_the_target_is_looked_for_first(
+    tmp_path, monkeypatch, system
+):
+    if system == "no renameat2":
+        monkeypatch.setattr(qfile, "_renameat2", lambda: None)
+    else:
+        number = getattr(errno, system)
+        monkeypatch.setattr(
+            qfile, "_renameat2", lambda: (lambda *a: -1, lambda: number)
+        )
+    source, target = tmp_path / "a", tmp_path / "b"
+    source.write_text("entry")
+    target.write_text("stray")
+    with pytest.raises(FileExistsError):
+        qfile.rename_no_replace(str(source), str(target))
+    target.unlink()
+    qfile.rename_no_replace(str(source), str(target))
+    assert target.read_text() == "entry" and not source.exists()
+
+
+def test_a_c_library_without_renameat2_is_done_without(monkeypatch):
+    import ctypes
+
+    def no_library(*arguments, **keywords):
+        raise OSError("no C library")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    assert qfile._renameat2.__wrapped__() is None

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,14 @@ import pytest
 from mailqueue import Switchboard, message_from_string, qfile, safepickle
 from mailqueue.cli import main
 from mailqueue.configuration import config
-from mailqueue.seal import KEPT_KEYS, SEAL_MAX, TRAILER_SIZE, Seal, seal_start
+from mailqueue.seal import (
+    KEPT_KEYS,
+    MAX_RANGES,
+    SEAL_MAX,
+    TRAILER_SIZE,
+    Seal,
+    seal_start,
+)
 
 TEXT = "From: aperson@example.com\nTo: test@example.com\nSubject: sealed\n\nHello.\n"
 
@@ -25,9 +33,9 @@ def checks(monkeypatch):
     made = []
     real = safepickle.check
 
-    def check(data, position=0):
+    def check(data, position=0, long_strings=None):
         made.append(position)
-        return real(data, position)
+        return real(data, position, long_strings)
 
     monkeypatch.setattr(safepickle, "check", check)
     return made
@@ -119,15 +127,89 @@ def test_recovery_keeps_the_seal(queue, checks):
     assert checks == [] and msgdata["_bak_count"] == 1
 
 
-def test_large_entries_and_hand_made_switchboards_are_not_sealed(queue, tmp_path):
-    big = queue.enqueue(message_from_string(TEXT + "x" * SEAL_MAX))
-    data = Path(path_of(queue, big)).read_bytes()
-    assert seal_start(data) == len(data)
+def test_hand_made_switchboards_do_not_seal(tmp_path):
     plain = Switchboard("plain", str(tmp_path / "plain"))
     filebase = plain.enqueue(message_from_string(TEXT))
     data = Path(path_of(plain, filebase)).read_bytes()
     assert seal_start(data) == len(data)
     assert plain.dequeue(filebase)[0]["subject"] == "sealed"
+
+
+BODY = "A line of the body.\n" * (SEAL_MAX // 20)
+
+
+def test_a_large_entry_is_sealed_with_its_body_left_out_of_the_mac(queue, checks):
+    filebase = queue.enqueue(message_from_string(TEXT + BODY))
+    data = Path(path_of(queue, filebase)).read_bytes()
+    start = seal_start(data)
+    assert len(data) - start == TRAILER_SIZE + 8  # one range: the body
+    offset, length = struct.unpack("<II", data[start + 19 : start + 27])
+    assert data[offset : offset + length].decode() == "Hello.\n" + BODY
+    assert len(checks) == 1  # the writer walked it, to find the body
+    checks.clear()
+    msg, _ = queue.dequeue(filebase)
+    assert checks == [] and msg.get_payload() == "Hello.\n" + BODY
+
+
+@pytest.mark.parametrize("where", ["in the body", "in the subject", "in the ranges"])
+def test_only_the_body_of_a_large_sealed_entry_may_change(queue, checks, where):
+    filebase = queue.enqueue(message_from_string(TEXT + BODY))
+    path = path_of(queue, filebase)
+    data = bytearray(Path(path).read_bytes())
+    start = seal_start(data)
+    if where == "in the body":
+        at = data.index(b"body", data.index(b"Hello"))
+        data[at : at + 4] = b"BODY"
+    elif where == "in the subject":
+        at = data.index(b"sealed")
+        data[at : at + 6] = b"SEALED"
+    else:  # the range made shorter, as if it covered less than the body
+        data[start + 23] ^= 1
+    Path(path).write_bytes(data)
+    checks.clear()
+    msg, _ = queue.dequeue(filebase)
+    if where == "in the body":
+        # Text of the same length, where text was: the seal holds, and the
+        # objects built are the ones checked, with other text in them.
+        assert checks == []
+        assert msg.get_payload().startswith("Hello.\nA line of the BODY.\n")
+    else:
+        assert len(checks) == 2
+        assert msg["subject"] in ("sealed", "SEALED")
+
+
+def test_a_large_entry_leaves_out_at_most_max_ranges_strings(queue, checks):
+    msg = message_from_string(TEXT + BODY)
+    for number in range(MAX_RANGES + 2):
+        msg[f"X-Long-{number}"] = "y" * 5000
+    filebase = queue.enqueue(msg)
+    data = Path(path_of(queue, filebase)).read_bytes()
+    assert len(data) - seal_start(data) == TRAILER_SIZE + 8 * MAX_RANGES
+    checks.clear()
+    assert queue.dequeue(filebase)[0]["X-Long-17"] == "y" * 5000
+    assert checks == []
+
+
+def test_a_large_entry_without_long_strings_is_not_sealed(queue):
+    msg = message_from_string(TEXT)
+    for number in range(SEAL_MAX // 1000):
+        msg[f"X-Header-{number}"] = f"{number:04d}" + "z" * 1000
+    filebase = queue.enqueue(msg)
+    data = Path(path_of(queue, filebase)).read_bytes()
+    assert seal_start(data) == len(data)
+
+
+def test_a_seal_leaves_out_only_ranges_in_order_within_the_message(queue):
+    with pytest.raises(ValueError, match="not in order"):
+        config.seal.trailer("f", (b"x" * 10, b"y"), [(5, 2), (4, 1)])
+    with pytest.raises(ValueError, match="not in order"):
+        config.seal.trailer("f", (b"x" * 10, b"y"), [(5, 6)])
+    # Ranges out of order vouch for nothing (the MAC covers them anyway).
+    data = b"x" * 100
+    trailer = config.seal.trailer("f", (data,), [(10, 5), (50, 5)])
+    assert config.seal.valid("f", data + trailer, len(data))
+    swapped = trailer[:19] + trailer[27:35] + trailer[19:27] + trailer[35:]
+    assert not config.seal.valid("f", data + swapped, len(data))
 
 
 def test_a_gnu_mailman_site_has_no_seal(tmp_path):
@@ -151,7 +233,7 @@ def test_keys_rotate_and_old_seals_hold_while_their_key_is_kept(
     for _ in range(KEPT_KEYS - 1):
         other.rotate()
         filebases.append(queue.enqueue(message_from_string(TEXT)))
-    ids = {Path(path_of(queue, f)).read_bytes()[-41:-33] for f in filebases}
+    ids = {Path(path_of(queue, f)).read_bytes()[-42:-34] for f in filebases}
     assert len(ids) == KEPT_KEYS  # each written under the key of its time
     checks.clear()
     for filebase in filebases:
@@ -166,7 +248,7 @@ def test_keys_rotate_and_old_seals_hold_while_their_key_is_kept(
     assert checks == []
     again = queue.enqueue(message_from_string(TEXT))
     data = Path(path_of(queue, again)).read_bytes()
-    assert data[-41:-33] == list(other._keys)[-1]
+    assert data[-42:-34] == list(other._keys)[-1]
     assert len(Path(config.seal.path).read_text().splitlines()) == KEPT_KEYS
 
 
@@ -223,8 +305,17 @@ def test_a_reader_never_makes_the_key_file(tmp_path):
 def test_seal_start_of_what_is_too_short_or_ends_otherwise():
     assert seal_start(b"") == 0
     assert seal_start(b"." * TRAILER_SIZE) == TRAILER_SIZE
-    # The layout of a seal (prefix, key id, MAC), not ending in STOP.
-    data = b"ab" + b"\x80\x04C\x2fmqseal1" + b"\0" * 40 + b"!"
+    # The layout of a seal (prefix, key id, count, MAC), not ending in STOP.
+    data = b"ab" + b"\x80\x04C\x30mqseal2" + b"\0" * 41 + b"!"
+    assert seal_start(data) == len(data)
+    # More ranges than a seal may have, or a count that does not match.
+    data = b"ab" + b"\x80\x04C\x30mqseal2" + b"\0" * 8 + bytes([MAX_RANGES + 1])
+    data += b"\0" * 32 + b"."
+    assert seal_start(data) == len(data)
+    data = data[:-34] + b"\x01" + data[-33:]
+    assert seal_start(data) == len(data)
+    # An old seal (mqseal1): not one this version makes or trusts.
+    data = b"ab" * 20 + b"\x80\x04C\x2fmqseal1" + b"\0" * 40 + b"."
     assert seal_start(data) == len(data)
 
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from mailqueue import Switchboard, config, message_from_string, switchboard
+from mailqueue import Switchboard, config, message_from_string, qfile, switchboard
 
 ENTRIES = 400
 
@@ -188,14 +188,14 @@ def test_an_entry_locked_by_another_dequeuer_is_taken(tmp_path):
 
 def test_a_failed_rename_lets_go_of_the_lock(tmp_path, monkeypatch):
     queue, filebase, path = _one_entry(tmp_path)
-    real_rename = os.rename
+    real_rename = qfile.rename_no_replace
 
     def failing(source, target):
         if source.endswith(".pck"):
             raise PermissionError(13, "Permission denied", source)
         return real_rename(source, target)
 
-    monkeypatch.setattr(os, "rename", failing)
+    monkeypatch.setattr(qfile, "rename_no_replace", failing)
     with pytest.raises(PermissionError):
         queue.dequeue(filebase)
     monkeypatch.undo()

@@ -166,6 +166,10 @@ SEAL_KINDS = (
 )
 
 
+#: A large entry this site sealed, with the case's bytes put into its body.
+LONG_STRING_KIND = "seal-long-string"
+
+
 def classics(marker: str) -> list[Case]:
     """The hand-made corpus; code that runs would make the file *marker*."""
     cases: list[Case] = []
@@ -559,6 +563,12 @@ def classics(marker: str) -> list[Case]:
     for what, payload in sealed.items():
         for seal in SEAL_KINDS:
             add(f"seal/{seal}/{what}", payload, kind=seal)
+        # Within the range a large entry's seal leaves out (its body): the
+        # seal holds, and the bytes can only be the characters of the body.
+        add(f"long-string/{what}", payload, kind=LONG_STRING_KIND)
+    # A protocol 0 pickle that runs code is text: it becomes the body's text.
+    as_text = b"cos\nsystem\n(V" + touch.encode() + b"\ntR."
+    add("long-string/code-as-text", as_text, kind=LONG_STRING_KIND)
 
     # Files that are not regular files, and names that collide.
     for kind in (

@@ -47,7 +47,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from entries import CANARY_TEXT, LIST_ID, SEAL_KINDS, Case, good_entry
+from entries import (
+    CANARY_TEXT,
+    LIST_ID,
+    LONG_STRING_KIND,
+    SEAL_KINDS,
+    Case,
+    good_entry,
+)
 
 from mailqueue import (
     Message,
@@ -56,12 +63,13 @@ from mailqueue import (
     config,
     create_list,
     message_from_string,
+    qfile,
     safepickle,
 )
 from mailqueue import cli as command_line
 from mailqueue.qfile import load_entry
 from mailqueue.runners import IncomingRunner, OutgoingRunner
-from mailqueue.seal import TRAILER_SIZE, Seal
+from mailqueue.seal import SEAL_MAX, TRAILER_SIZE, Seal
 
 #: Seconds a case may take.  Under ``make coverage`` every line is traced,
 #: which makes the slowest cases several times slower: they get longer.
@@ -160,6 +168,8 @@ def _place(case: Case, directory: Path, extension: str, tree: Path) -> Path:
         path.write_bytes(case.data)
     elif kind in SEAL_KINDS:
         path.write_bytes(case.data + _seal(kind, case.data, tree))
+    elif kind == LONG_STRING_KIND:
+        path.write_bytes(_in_a_sealed_body(case.data))
     elif kind == "oversized":
         with open(path, "wb") as stream:
             stream.truncate(config.max_entry_size + 1)
@@ -207,6 +217,26 @@ def _place(case: Case, directory: Path, extension: str, tree: Path) -> Path:
     else:
         raise ValueError(f"unknown kind of case {kind!r}")
     return path
+
+
+def _in_a_sealed_body(data: bytes) -> bytes:
+    """A large entry with this site's valid seal, *data* written into its body.
+
+    The seal leaves the body out of its MAC: it still holds, so the entry
+    is built without the opcode check, and *data* can only be its text.
+    """
+    body = "x" * max(SEAL_MAX, len(data))
+    ranges: list[tuple[int, int]] = []
+    message = qfile.dump_checked(
+        message_from_string(f"Subject: long\n\n{body}"), "message", ranges
+    )
+    parts = (message, qfile.dump_checked({"listid": LIST_ID}, "metadata"))
+    trailer = config.seal.trailer(HOSTILE, parts, ranges)
+    assert trailer is not None and len(ranges) == 1
+    offset, length = ranges[0]
+    planted = bytearray(message)
+    planted[offset : offset + length] = data.ljust(length, b"x")
+    return bytes(planted) + parts[1] + trailer
 
 
 def _seal(kind: str, data: bytes, tree: Path) -> bytes:
