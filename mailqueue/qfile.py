@@ -22,6 +22,7 @@ directory itself is flushed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import email.message
 import errno
 import functools
@@ -826,10 +827,8 @@ def _renameat2() -> tuple[Callable[..., int], Callable[[], int]] | None:
     # None where there is none.  Its arguments are ints and bytes, which
     # ctypes passes as C ints and pointers as they are.
     try:
-        import ctypes
-
         return ctypes.CDLL(None, use_errno=True).renameat2, ctypes.get_errno
-    except (ImportError, OSError, AttributeError):
+    except (OSError, AttributeError):
         return None
 
 

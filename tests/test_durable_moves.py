@@ -260,10 +260,8 @@ def test_without_renameat2_the_target_is_looked_for_first(
 
 
 def test_a_c_library_without_renameat2_is_done_without(monkeypatch):
-    import ctypes
-
     def no_library(*arguments, **keywords):
         raise OSError("no C library")
 
-    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    monkeypatch.setattr(qfile.ctypes, "CDLL", no_library)
     assert qfile._renameat2.__wrapped__() is None
