@@ -163,7 +163,7 @@ class Seal:
         pieces = _outside(memoryview(parts[0]), ranges)
         if pieces is None:
             raise ValueError("the ranges to leave out are not in order, in the message")
-        mac = _mac(self._keys[key_id], filebase, head, [*pieces, *parts[1:]])
+        mac = _mac(self._keys[key_id], filebase, [*pieces, *parts[1:], head])
         return head + mac + b"."
 
     def valid(self, filebase: str, data: bytes | memoryview, start: int) -> bool:
@@ -177,14 +177,20 @@ class Seal:
             key = self._keys.get(key_id)
         if key is None:
             return False
-        view = memoryview(data)
-        mac_at = len(view) - _MAC - 1
-        ranges = _RANGE.iter_unpack(view[at + _ID : mac_at - 1])
-        pieces = _outside(view[:start], ranges)
-        if pieces is None:
-            return False
-        mac = _mac(key, filebase, view[start:mac_at], pieces)
-        return hmac.compare_digest(mac, view[mac_at : mac_at + _MAC])
+        mac_at = len(data) - _MAC - 1
+        if mac_at - 1 == at + _ID:
+            # No ranges (most entries): the MAC covers every byte before it.
+            covered: Sequence[bytes | memoryview] = (data[:mac_at],)
+        else:
+            view = memoryview(data)
+            ranges = _RANGE.iter_unpack(view[at + _ID : mac_at - 1])
+            # The ranges are in the pickles, before the seal's own bytes.
+            pieces = _outside(view[:mac_at], ranges, start)
+            if pieces is None:
+                return False
+            covered = pieces
+        mac = _mac(key, filebase, covered)
+        return hmac.compare_digest(mac, data[mac_at : mac_at + _MAC])
 
     def _ready(self, make: bool) -> bool:
         # Read the keys (making the file first if *make* and it is missing).
@@ -303,14 +309,15 @@ class Seal:
 
 
 def _outside(
-    view: memoryview, ranges: Iterable[tuple[int, int]]
+    view: memoryview, ranges: Iterable[tuple[int, int]], end: int | None = None
 ) -> list[memoryview] | None:
     # The pieces of view that the ranges leave; None unless they are in
-    # order, apart, and within it.
+    # order, apart, and within its first *end* bytes (all of it by default).
+    limit = len(view) if end is None else end
     pieces = []
     reached = 0
     for offset, length in ranges:
-        if offset < reached or offset + length > len(view):
+        if offset < reached or offset + length > limit:
             return None
         pieces.append(view[reached:offset])
         reached = offset + length
@@ -318,14 +325,9 @@ def _outside(
     return pieces
 
 
-def _mac(
-    key: bytes,
-    filebase: str,
-    head: bytes | memoryview,
-    pieces: Sequence[bytes | memoryview],
-) -> bytes:
+def _mac(key: bytes, filebase: str, pieces: Sequence[bytes | memoryview]) -> bytes:
     # Keyed BLAKE2b: a MAC by design, in one call into CPython's own C; the
     # copy of what is covered costs less than the steps of an object.
     named = _DOMAIN + filebase.encode("ascii", "replace") + b"\0"
-    covered = b"".join((named, head, *pieces))
+    covered = b"".join((named, *pieces))
     return hashlib.blake2b(covered, key=key, digest_size=_MAC).digest()

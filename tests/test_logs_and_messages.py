@@ -3,8 +3,13 @@
 import logging
 import os
 import re
+from email.utils import getaddresses
+
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from mailqueue import config, create_list, message_from_string
+from mailqueue import message as message_module
 from mailqueue.logs import logging_to
 from mailqueue.testing import isolated_state
 
@@ -31,6 +36,33 @@ def test_senders_lists_every_author_address_in_the_order_believed():
     assert msg.sender == "anne@example.com"
     nobody = message_from_string("Subject: no author\n\nHello.\n")
     assert (nobody.senders, nobody.sender) == ([], "")
+
+
+def _parsed_in_full(value):
+    # What the sender is without the fast way: every address getaddresses
+    # finds, lower-cased, if it looks like one.
+    found = [address.lower() for _, address in getaddresses([value])]
+    return [address for address in found if message_module._ADDRESS.match(address)]
+
+
+_ATOM = st.text(
+    alphabet="aZ09.!#$%&'*+/=?^_`{|}~-@<>\" (),;:[]\\ \t", min_size=0, max_size=12
+)
+
+
+@given(name=_ATOM, local=_ATOM, domain=_ATOM, form=st.integers(0, 2))
+@example(name="Anne Person", local="Anne.P+x", domain="Example.com", form=1)
+@example(name="", local="a..b", domain="c", form=0)
+@example(name="x", local="a", domain="b", form=2)
+def test_a_plain_address_is_read_as_getaddresses_reads_it(name, local, domain, form):
+    value = [f"{local}@{domain}", f"{name} <{local}@{domain}>", f'"{name}" <{local}>'][
+        form
+    ]
+    msg = message_from_string(f"From: {value}\n\nHello.\n")
+    expected = _parsed_in_full(msg["from"])
+    assert msg._from("from") == expected
+    if message_module._PLAIN.fullmatch(msg["from"]):
+        assert len(expected) == 1  # the fast way took it
 
 
 def test_with_debug_the_debug_lines_go_to_debug_log(tmp_path):

@@ -565,7 +565,7 @@ def main() -> int:
                 arguments.peak_entries, 3
             )
         }
-        report["drain"] = drains(max(3, arguments.rounds // 3), arguments.drain_scale)
+        report["drain"] = drains(arguments.rounds, arguments.drain_scale)
         # Last: draining 100,000 entries removes as many files, after which
         # this disk is slow to create files for minutes.
         report["as the queue grows"] = scaling(arguments.scale)
