@@ -48,6 +48,7 @@ from collections.abc import Iterable, Sequence
 
 __all__ = [
     "MAX_RANGES",
+    "RANGE_SIZE",
     "SEAL_MAX",
     "TRAILER_SIZE",
     "Seal",
@@ -59,6 +60,8 @@ _MAGIC = b"mqseal2"
 _ID, _MAC = 8, 32
 #: A range left out of the MAC: its offset and its length, 4 bytes each.
 _RANGE = struct.Struct("<II")
+#: How many bytes each range adds to a seal.
+RANGE_SIZE = _RANGE.size
 #: How many ranges one seal may leave out.
 MAX_RANGES = 16
 #: Entries larger than this are sealed only if the writer knows where their

@@ -17,7 +17,7 @@ from typing import Any
 from mailqueue import qfile
 from mailqueue.errors import MailqueueError
 from mailqueue.message import Message
-from mailqueue.seal import MAX_RANGES, SEAL_MAX, TRAILER_SIZE, Seal
+from mailqueue.seal import MAX_RANGES, RANGE_SIZE, SEAL_MAX, TRAILER_SIZE, Seal
 
 __all__ = [
     "MAX_BAK_COUNT",
@@ -378,7 +378,7 @@ class Switchboard:
             return parts
         ranges = (long_strings or [])[:MAX_RANGES]
         size = len(message_pickle) + len(metadata_pickle)
-        size += TRAILER_SIZE + 8 * len(ranges)
+        size += TRAILER_SIZE + RANGE_SIZE * len(ranges)
         if size > self.max_entry_size or (size > SEAL_MAX and not ranges):
             return parts
         trailer = self.seal.trailer(filebase, parts, ranges)
