@@ -173,7 +173,8 @@ def cycles(root: str, rounds: int, per_round: int, fsync: bool) -> dict[str, dic
     results = {}
     for label, size in SIZES.items():
         text = text_of(size)
-        ours = Switchboard("cycle", os.path.join(root, "mq-cycle"))
+        # Sealed, as every switchboard of a site is (config.seal: its key).
+        ours = Switchboard("cycle", os.path.join(root, "mq-cycle"), seal=config.seal)
         theirs = mailman_switchboard("cycle", os.path.join(root, "mm-cycle"))
         floor_directory = os.path.join(root, "floor-cycle")
         os.makedirs(floor_directory, exist_ok=True)
