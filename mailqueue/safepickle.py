@@ -1044,9 +1044,13 @@ def load_two(data: bytes, end: int) -> tuple[Any, int, Any]:
     pickle starts, and the second object.
     """
     stream = io.BytesIO(data)
-    first = SafeUnpickler(stream).load()
+    # One unpickler for both: its memo outlives the first load, which only
+    # a pickle that refers to what another one made could see, and a
+    # pickler never writes one.
+    unpickler = SafeUnpickler(stream)
+    first = unpickler.load()
     boundary = stream.tell()
-    second = SafeUnpickler(stream).load()
+    second = unpickler.load()
     if stream.tell() != end:
         raise PickleRefused(f"{end - stream.tell():,} bytes follow the metadata")
     return first, boundary, second
