@@ -127,6 +127,49 @@ def mailman_venv(directory: str) -> str:
     return str(bin_dir)
 
 
+#: What Mailman's own test suite needs beside Mailman (its tox.ini's deps).
+MAILMAN_TEST_REQUIREMENTS = ("nose2", "flufl.testing")
+PLUGIN_STAMP = ".mailman-plugin-stamp"
+
+
+def build_wheel(directory: str) -> Path:
+    """Build mailqueue's wheel from this checkout into *directory*; its path."""
+    out = Path(directory).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("mailqueue-*.whl"):
+        old.unlink()
+    root = HERE.parent.parent
+    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
+    _run([*command, "-w", str(out), str(root)], "pip wheel", cwd=out)
+    (wheel,) = out.glob("mailqueue-*.whl")
+    return wheel
+
+
+def plugin_venv(directory: str, wheel: Path) -> str:
+    """A venv with GNU Mailman 3.3.10, aiosmtpd, Mailman's test needs, and *wheel*.
+
+    Mailman and its needs are installed once (a stamp records it); the wheel
+    (mailqueue, built from this checkout) is installed anew each time, so the
+    venv runs the code under test.  Returns the venv's bin directory.
+    """
+    venv = Path(directory).resolve()
+    bin_dir = venv / "bin"
+    python = str(bin_dir / "python")
+    stamp = venv / PLUGIN_STAMP
+    wanted = "\n".join(MAILMAN_REQUIREMENTS + MAILMAN_TEST_REQUIREMENTS) + "\n"
+    env = _clean_env()
+    del env["PYTHONDONTWRITEBYTECODE"]
+    if not (stamp.is_file() and stamp.read_text() == wanted):
+        _run([sys.executable, "-m", "venv", "--clear", str(venv)], "venv", env=env)
+        needs = [*MAILMAN_REQUIREMENTS, *MAILMAN_TEST_REQUIREMENTS]
+        pip = [python, "-m", "pip", "install", "--quiet", *needs]
+        _run(pip, "pip install", env=env, cwd=venv)
+        stamp.write_text(wanted)
+    install = [python, "-m", "pip", "install", "--quiet", "--no-deps"]
+    _run([*install, "--force-reinstall", str(wheel)], "installing mailqueue", env=env, cwd=venv)
+    return str(bin_dir)
+
+
 def post_text(message_id: str, list_address: str, flaky: bool = False) -> str:
     """A post to *list_address* with this Message-ID (``X-Flaky: fail`` if flaky)."""
     lines = [
