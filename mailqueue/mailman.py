@@ -29,9 +29,9 @@ import os
 import pickle
 from typing import IO, Any
 
+from mailman.interfaces.plugin import IPlugin
 from zope.interface import implementer
 
-from mailman.interfaces.plugin import IPlugin
 from mailqueue import message, qfile, safepickle
 
 __all__ = ["READERS", "Plugin", "install", "installed", "load", "uninstall"]
@@ -105,23 +105,22 @@ _VERIFIED = _VerifiedPickle()
 def install() -> None:
     """Make each module of :data:`READERS` load pickles with :func:`load`."""
     for name in READERS:
-        importlib.import_module(name).pickle = _VERIFIED
+        vars(importlib.import_module(name))["pickle"] = _VERIFIED
 
 
 def uninstall() -> None:
     """Give each module of :data:`READERS` back the :mod:`pickle` module."""
     for name in READERS:
-        importlib.import_module(name).pickle = pickle
+        vars(importlib.import_module(name))["pickle"] = pickle
 
 
 def installed() -> bool:
     """Whether every module of :data:`READERS` loads with :func:`load`."""
-    return all(
-        importlib.import_module(name).pickle is _VERIFIED for name in READERS
-    )
+    modules = [importlib.import_module(name) for name in READERS]
+    return all(vars(module).get("pickle") is _VERIFIED for module in modules)
 
 
-@implementer(IPlugin)  # type: ignore[misc]
+@implementer(IPlugin)
 class Plugin:
     """The plugin Mailman makes from ``[plugin.NAME] class:`` (see :func:`install`).
 

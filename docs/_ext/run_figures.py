@@ -329,7 +329,37 @@ class ConformanceMatrix(_ReportDirective):
         return [container]
 
 
+class MailmanPluginRun(_ReportDirective):
+    """The hostile corpus in a running GNU Mailman, without and with the plugin."""
+
+    def run(self):
+        report = self.report("plugin report", "make mailman-plugin-test")
+        runs = report["runs"]
+        refused = len(report["refused by the plugin's loader"])
+        files = next(iter(runs.values()))["files"]
+        lines = [
+            f"Run on {report['date']}: ``{report['command']}``; {refused} of "
+            f"the {files} files are refused by the plugin's loader.",
+            "",
+            ".. list-table::",
+            "   :header-rows: 1",
+            "",
+            "   * - figure",
+            *[f"     - {name}" for name in runs],
+        ]
+        skipped = ("plugin", "runner exits", "cases")
+        for key in next(iter(runs.values())):
+            if key in skipped:
+                continue
+            lines.append(f"   * - {key}")
+            lines += [f"     - {run[key]:,}" for run in runs.values()]
+        container = nodes.container(classes=["mailman-plugin-run"])
+        self.state.nested_parse(StringList(lines), self.content_offset, container)
+        return [container]
+
+
 def setup(app):
+    app.add_directive("mailman-plugin-run", MailmanPluginRun)
     app.add_directive("bench-run", BenchRun)
     app.add_directive("cluster-run", ClusterRun)
     app.add_directive("conformance-matrix", ConformanceMatrix)

@@ -122,8 +122,13 @@ def interleaved(
     return times
 
 
-def summary(times: dict[str, list[float]], unit: float, label: str) -> dict:
-    """Medians [min-max] and same-round ratios to mailqueue."""
+def summary(
+    times: dict[str, list[float]],
+    unit: float,
+    label: str,
+    reference: str = "mailqueue",
+) -> dict:
+    """Medians [min-max] and same-round ratios of *reference* to the others."""
     figures = {
         name: {
             "median": statistics.median(values) / unit,
@@ -134,12 +139,12 @@ def summary(times: dict[str, list[float]], unit: float, label: str) -> dict:
     }
     ratios = {}
     for name, values in times.items():
-        if name != "mailqueue":
+        if name != reference:
             per_round = [
                 ours / theirs
-                for ours, theirs in zip(times["mailqueue"], values, strict=True)
+                for ours, theirs in zip(times[reference], values, strict=True)
             ]
-            ratios[f"mailqueue / {name}"] = {
+            ratios[f"{reference} / {name}"] = {
                 "median": statistics.median(per_round),
                 "min": min(per_round),
                 "max": max(per_round),
@@ -237,6 +242,20 @@ class Drain(Runner):
             self.stop()
 
 
+def plugged(run: Callable[[], None]) -> Callable[[], None]:
+    """*run*, with mailqueue's Mailman plugin installed while it runs."""
+    from mailqueue import mailman as plugin
+
+    def with_the_plugin() -> None:
+        plugin.install()
+        try:
+            run()
+        finally:
+            plugin.uninstall()
+
+    return with_the_plugin
+
+
 @functools.cache
 def mailman_drain_runner() -> type:
     from mailman.core.runner import Runner as MailmanRunner
@@ -269,7 +288,10 @@ def drains(rounds: int, scale: float = 1.0) -> dict[str, dict]:
       the queue is empty: mailqueue's and GNU Mailman's;
     - *bare switchboard drain*: the queue's switchboard by hand, ``dequeue``
       and ``finish`` of each file base the listing gives: mailqueue's and
-      GNU Mailman's.
+      GNU Mailman's;
+    - *Mailman's runner drain with the plugin*: GNU Mailman's runner as
+      above, with mailqueue's Mailman plugin installed (:mod:`mailqueue.mailman`:
+      every file read through the verified loader) for that drain only.
     """
     from mailqueue.conformance.mailman import MailmanAdapter
 
@@ -313,11 +335,15 @@ def drains(rounds: int, scale: float = 1.0) -> dict[str, dict]:
                 ),
                 "bare mailqueue": lambda: timed(fill, lambda: by_hand(queue)),
                 "bare mailman": lambda: timed(mm_fill, lambda: by_hand(mm_queue)),
+                "runner mailman with the plugin": lambda: timed(
+                    mm_fill, plugged(mailman_drain_runner()("mmdrain").run)
+                ),
             }
             times: dict[str, list[float]] = {name: [] for name in contenders}
             names = list(contenders)
             for number in range(rounds):
-                for name in names[number % 4 :] + names[: number % 4]:
+                turn = number % len(names)
+                for name in names[turn:] + names[:turn]:
                     times[name].append(contenders[name]())
             for kind, title in (
                 ("runner", "runner drain"),
@@ -331,6 +357,15 @@ def drains(rounds: int, scale: float = 1.0) -> dict[str, dict]:
                     1e-6,
                     "µs an entry",
                 )
+            results[f"GNU Mailman's runner drain with the plugin, {size}"] = summary(
+                {
+                    "with the plugin": times["runner mailman with the plugin"],
+                    "without": times["runner mailman"],
+                },
+                1e-6,
+                "µs an entry",
+                reference="with the plugin",
+            )
     config.pop("bench-drain")
     return results
 

@@ -38,13 +38,17 @@ def test_the_benchmark_runs_every_measure_side_by_side(tmp_path):
         "200 entries, 1 in 7 of 9 digits",
         "200 entries, 1 in 7 of 9 digits, slice 0 of 4",
     }
+    plugin = "GNU Mailman's runner drain with the plugin"
     assert set(figures["drain"]) == {
         f"{kind}, {size}"
-        for kind in ("runner drain", "bare switchboard drain")
+        for kind in ("runner drain", "bare switchboard drain", plugin)
         for size in ("1 KB", "100 KB")
     }
-    for result in figures["drain"].values():
-        assert set(result["ratios"]) == {"mailqueue / mailman"}
+    for what, result in figures["drain"].items():
+        if what.startswith(plugin):
+            assert set(result["ratios"]) == {"with the plugin / without"}
+        else:
+            assert set(result["ratios"]) == {"mailqueue / mailman"}
     grows = figures["as the queue grows"]
     assert set(grows) == {"50 entries", "100 entries"}
     for result in grows.values():

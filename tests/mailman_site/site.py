@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -166,7 +167,12 @@ def plugin_venv(directory: str, wheel: Path) -> str:
         _run(pip, "pip install", env=env, cwd=venv)
         stamp.write_text(wanted)
     install = [python, "-m", "pip", "install", "--quiet", "--no-deps"]
-    _run([*install, "--force-reinstall", str(wheel)], "installing mailqueue", env=env, cwd=venv)
+    _run(
+        [*install, "--force-reinstall", str(wheel)],
+        "installing mailqueue",
+        env=env,
+        cwd=venv,
+    )
     return str(bin_dir)
 
 
@@ -282,7 +288,15 @@ class MailmanSite:
     directory (for ``flaky_runner`` and ``site_tool``).
     """
 
-    def __init__(self, root_dir: str | os.PathLike[str], venv_bin: str) -> None:
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str],
+        venv_bin: str,
+        extra_cfg: str = "",
+        address_space: int | None = None,
+    ) -> None:
+        """*extra_cfg* is added to the end of mailman.cfg; with *address_space*
+        (bytes), Mailman's master and runners may map at most that much."""
         root = Path(root_dir).resolve()
         var_dir = root / "var"
         self.venv_bin = Path(venv_bin)
@@ -306,6 +320,8 @@ class MailmanSite:
         self._sink: subprocess.Popen[bytes] | None = None
         self._sink_log: IO[bytes] | None = None
         self._posts = 0
+        self._extra_cfg = extra_cfg
+        self._address_space = address_space
 
     # -- life cycle ---------------------------------------------------------
 
@@ -394,6 +410,7 @@ class: flaky_runner.FlakyPipelineRunner
 [runner.retry]
 sleep_time: 2s
 """
+            + self._extra_cfg
         )
 
     def start(self, timeout: float = 60.0) -> None:
@@ -422,6 +439,7 @@ sleep_time: 2s
                 cwd=self.paths.root,
                 env=self._env,
                 timeout=timeout,
+                preexec_fn=self._limit,
             )
         if started.returncode != 0:
             raise RuntimeError(f"mailman start failed:\n{self._start_log()}")
@@ -441,6 +459,13 @@ sleep_time: 2s
         status = self.mailman("status", check=False)  # exits 1 when running
         if "GNU Mailman is running" not in status.stdout:
             raise RuntimeError(f"mailman status: {status.stdout}{status.stderr}")
+
+    def _limit(self) -> None:
+        # In the child, before it runs `mailman start`: its master and
+        # runners inherit the limit.
+        if self._address_space is not None:
+            limit = (self._address_space, self._address_space)
+            resource.setrlimit(resource.RLIMIT_AS, limit)
 
     def _runners_missing(self, mailman_log: Path, offset: int) -> list[str]:
         try:
