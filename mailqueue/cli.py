@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailqueue import __version__, qfile, queuetools
+from mailqueue import __version__, metrics, qfile, queuetools
 from mailqueue.configuration import config
 from mailqueue.conformance import command as conformance
 from mailqueue.errors import MailqueueError
@@ -679,6 +679,30 @@ def _print_queues(as_json: bool) -> None:
             f"{name:<10}{count['pck']:>8}{count['bak']:>8}{count['psv']:>8}"
             f"{count['tmp']:>8}"
         )
+
+
+@_command(
+    "metrics",
+    "print the queues' metrics in Prometheus's text format",
+    _arg(
+        "--output",
+        metavar="FILE",
+        help="write them to FILE instead, atomically (for node_exporter's "
+        "textfile collector)",
+    ),
+)
+def _metrics(arguments: argparse.Namespace, config_file: str | None) -> int:
+    text = metrics.render()
+    if arguments.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        metrics.write_file_atomically(arguments.output, text)
+    except OSError as error:
+        raise CommandError(
+            f"cannot write {arguments.output}: {error.strerror}"
+        ) from None
+    return 0
 
 
 @_command(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import configparser
 import difflib
 import functools
+import ipaddress
 import os
 import re
 import socket
@@ -119,6 +120,7 @@ SECTION_KEYS = {
     "host": {"name"},
     "database": {"url"},
     "mailman": {"config"},
+    "master": {"metrics_listen"},
 }
 
 
@@ -273,6 +275,12 @@ class Configuration:
             raise ConfigurationError(
                 f"{at('host', 'name')} must be a host name, not {self.host_name!r}"
             )
+        #: Where the master serves the metrics (``[master] metrics_listen``):
+        #: a loopback address and a port, or None for nowhere.
+        self.metrics_listen = _loopback(
+            merged.get("master", {}).get("metrics_listen", ""),
+            at("master", "metrics_listen"),
+        )
         #: This site's seal (see :mod:`mailqueue.seal`), its keys in
         #: DATA_DIR; none on a GNU Mailman site, whose runners read the queues.
         self.seal = (
@@ -556,6 +564,35 @@ def _size(value: str, where: str) -> int:
             f"{where} must be a size such as 32MiB, 500KB or 1048576, not {value!r}"
         )
     return int(match[1]) * factor
+
+
+def _loopback(value: str, where: str) -> tuple[str, int] | None:
+    # HOST:PORT, HOST an IP address of this host's loopback (IPv6 in
+    # brackets); empty for none.
+    text = value.strip()
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if (
+        address is None
+        or not re.fullmatch(r"[0-9]{1,5}", port)
+        or not (0 < int(port) < 65536)
+    ):
+        raise ConfigurationError(
+            f"{where} must be a loopback address and a port, such as "
+            f"127.0.0.1:9436 or [::1]:9436, not {value!r}"
+        )
+    if not address.is_loopback:
+        raise ConfigurationError(
+            f"{where}: {host} is not a loopback address: the metrics are served "
+            "to this host only (a proxy or an exporter can pass them on)"
+        )
+    return str(address), int(port)
 
 
 def _runner_config(

@@ -10,7 +10,9 @@ Only restarts within the runner's ``restart_window`` count against its
 never stays down for good.  Signals to the master go on to the runners:
 SIGTERM and SIGINT stop everything (each runner finishes its current
 entry), SIGHUP reopens the logs, SIGUSR1 restarts the runners, SIGUSR2
-wakes them to try their queues at once (``mailqueue flush``).
+wakes them to try their queues at once (``mailqueue flush``).  With
+``[master] metrics_listen`` set, it also serves the metrics
+(:mod:`mailqueue.metrics`) on that loopback address, for as long as it runs.
 
 Every runner holds the read end of a pipe whose write end only the master
 holds: however the master ends, even by SIGKILL, its runners read the end of
@@ -39,6 +41,7 @@ from typing import Any
 from mailqueue.configuration import config
 from mailqueue.errors import MailqueueError
 from mailqueue.logs import logging_to, reopen_logs
+from mailqueue.metrics import Counters, MetricsError, MetricsServer
 from mailqueue.qfile import write_file
 from mailqueue.runner import MASTER_FD
 from mailqueue.runner import SIGNALS as RUNNER_SIGNALS
@@ -253,9 +256,17 @@ class Master:
         self._lock_fd: int | None = None
         self._pipe: tuple[int, int] | None = None
         self._write_failed: int | None = None
+        #: The restarts it counted, for the metrics.
+        self._counters = Counters(config.VAR_DIR)
+        self._metrics: MetricsServer | None = None
 
     def lock(self) -> None:
-        """Become this var directory's one master, or raise :exc:`MasterRunning`."""
+        """Become this var directory's one master, or raise :exc:`MasterRunning`.
+
+        With ``[master] metrics_listen`` set, also bind the address the
+        metrics are served on; :exc:`~mailqueue.metrics.MetricsError` if it
+        cannot be (then there is no master).
+        """
         os.makedirs(config.VAR_DIR, mode=0o770, exist_ok=True)
         fd = os.open(_lock_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
         try:
@@ -263,6 +274,14 @@ class Master:
         except BlockingIOError:
             os.close(fd)
             raise MasterRunning(master_pid()) from None
+        if config.metrics_listen is not None:
+            # Before the pid is written: start_master() waits for it, and
+            # so fails, as it should, if the address cannot be had.
+            try:
+                self._metrics = MetricsServer(config.metrics_listen)
+            except MetricsError:
+                os.close(fd)
+                raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -303,6 +322,8 @@ class Master:
                     self.children[child.spec] = child
                     self._spawn(child)
         self._write_status()
+        if self._metrics is not None:
+            self._metrics.start()
         try:
             while self._by_pid or (self.children and not self._stopping):
                 select.select([wakeup_read], [], [], self._timeout())
@@ -313,6 +334,8 @@ class Master:
                 if changed:
                     self._write_status()
         finally:
+            if self._metrics is not None:
+                self._metrics.close()
             signal.set_wakeup_fd(-1)
             for fd in (wakeup_read, wakeup_write, *self._pipe):
                 os.close(fd)
@@ -395,6 +418,8 @@ class Master:
             child.deaths.popleft()
         if len(child.deaths) <= child.max_restarts:
             child.restarts += 1
+            self._counters.add(child.name, "restarts")
+            self._counters.flush()
             delay = min(
                 FIRST_RESTART_DELAY * 2 ** (len(child.deaths) - 1), MAX_RESTART_DELAY
             )

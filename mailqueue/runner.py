@@ -17,6 +17,7 @@ from mailqueue.errors import MailqueueError
 from mailqueue.lists import MailingList
 from mailqueue.logs import reopen_logs
 from mailqueue.message import Message
+from mailqueue.metrics import Counters
 from mailqueue.qfile import QueueFileError
 from mailqueue.switchboard import Switchboard
 
@@ -108,6 +109,10 @@ class Runner:
         self._progress = 0
         self._fruitless = 0
         self._errors = _RepeatedErrors(elog)
+        #: What this runner counted (deliveries, shunts...) for the metrics,
+        #: added to the var dir's counts before it sleeps, and at most once a
+        #: second while it works (see :mod:`mailqueue.metrics`).
+        self.counters = Counters(config.VAR_DIR)
         self._temporary_checked = 0.0
         #: Lists and members looked up in this pass, for at most a second.
         self._lookups: dict[tuple[str, ...], Any] = {}
@@ -138,6 +143,7 @@ class Runner:
             return self._one_iteration()
         finally:
             self._clean_up()
+            self.counters.flush()
 
     def run(self) -> None:
         """Process the queue in passes until :meth:`stop` is called.
@@ -181,6 +187,7 @@ class Runner:
             pass
         finally:
             self._errors.flush()
+            self.counters.flush()
             self._clean_up()
 
     def _stand_by(self) -> None:
@@ -242,6 +249,9 @@ class Runner:
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, waking early if the master goes away (the pipe's end is read)."""
+        # What was counted is written before a sleep, which may be long (a
+        # retry runner's), and at most once a second while entries keep coming.
+        self.counters.flush()
         if self.master_fd is None:
             time.sleep(seconds)
             return
@@ -322,6 +332,7 @@ class Runner:
         self._lookups.clear()
         for filebase in files:
             self._process_filebase(filebase)
+            self.counters.flush(every=1.0)
             self._do_periodic()
             self._check_master()
             if self._short_circuit() or self._hand_over():
@@ -382,6 +393,7 @@ class Runner:
             self.switchboard.finish(filebase, preserve=True)
         else:
             elog.error("%s runner shunted %s as %s", self.name, filebase, new_filebase)
+            self.counters.add(self.name, "shunts")
             self.switchboard.finish(filebase)
 
     def _process_one_file(self, msg: Message, msgdata: dict[str, Any]) -> None:
@@ -403,6 +415,7 @@ class Runner:
                 _loggable(wanted),
             )
             self._enqueue_in_shunt(msg, msgdata)
+            self.counters.add(self.name, "shunts")
             return
         sender = msg.sender
         member = (

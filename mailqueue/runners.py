@@ -82,6 +82,9 @@ class OutgoingRunner(Runner):
                 error,
             )
             config.switchboards["retry"].enqueue(msg, msgdata)
+            self.counters.add(self.name, "delivery_failures")
+        else:
+            self.counters.add(self.name, "deliveries")
         return False
 
 

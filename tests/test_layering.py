@@ -32,6 +32,7 @@ LAYERS = {
     "runner": 2,
     "runners": 2,
     "queuetools": 2,
+    "metrics": 2,
     "testing": 2,
     # The supervisor, then the command line and the conformance tools.
     "master": 3,
