@@ -582,7 +582,7 @@ def _shown(path: str, msg: Any, metadata: dict[str, Any], as_json: bool) -> Any:
             return {"file": path, "message": text, "metadata": _jsonable(metadata)}
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            queuetools.dump_msgdata(metadata)
+            queuetools.dump_msgdata(_readable(metadata))
     except Exception as error:
         raise qfile.QueueFileError(
             f"{os.path.basename(path)}: cannot be shown ({type(error).__name__}: "
@@ -590,6 +590,18 @@ def _shown(path: str, msg: Any, metadata: dict[str, Any], as_json: bool) -> Any:
         ) from None
     shown = [f"== {path}", text.rstrip("\n"), "-- metadata", printed.getvalue()]
     return "\n".join(shown).rstrip("\n")
+
+
+def _readable(metadata: dict[str, Any]) -> dict[str, Any]:
+    """*metadata* with its first-queued time also written as a date, for a person."""
+    when = metadata.get(qfile.FIRST_QUEUED)
+    if when is None:
+        return metadata
+    try:
+        date = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+    except (OverflowError, OSError):
+        return metadata  # a time no calendar has: as it is
+    return metadata | {qfile.FIRST_QUEUED: f"{when} ({date})"}
 
 
 def _jsonable(value: Any) -> Any:
@@ -721,12 +733,15 @@ def _list(arguments: argparse.Namespace, config_file: str | None) -> int:
                     {
                         "queue": entry.queue,
                         "filebase": entry.filebase,
-                        "age": round(now - entry.when, 3),
+                        "age": round(now - entry.first_queued, 3),
                         "size": entry.size,
                         "list": entry.list,
                         "sender": entry.sender,
                         "subject": entry.subject,
                         "problem": entry.problem,
+                        "first_queued": entry.first_queued,
+                        "attempts": entry.attempts,
+                        "reason": entry.reason,
                     }
                     for entry in entries
                 ],
@@ -742,6 +757,10 @@ def _list(arguments: argparse.Namespace, config_file: str | None) -> int:
             f"{entry.queue:<10} {entry.filebase}  {queuetools.age(entry, now):>4} "
             f"{entry.size:>8}  {described}"
         )
+        if entry.attempts or entry.reason:
+            # Why it is here, on a line of its own, as mailq says it.
+            why = f"failed {entry.attempts} time{'s' * (entry.attempts != 1)}"
+            print(" " * 11 + f"({why}{': ' * bool(entry.reason)}{entry.reason})")
     print(f"-- {len(entries)} {'entry' if len(entries) == 1 else 'entries'} waiting")
     return 0
 
@@ -813,7 +832,7 @@ def _act(arguments: argparse.Namespace, config_file: str | None) -> int:
         chosen = [entry for entry in chosen if entry.list == arguments.list]
     if arguments.older_than:
         now = time.time()
-        chosen = [e for e in chosen if now - e.when > arguments.older_than]
+        chosen = [e for e in chosen if now - e.first_queued > arguments.older_than]
     status = 0
     for filebase in sorted(missing):
         print(

@@ -15,7 +15,9 @@ section matter:
     bytes or with a unit (``32MiB``, ``500KB``); a larger file is set aside
     in the ``bad`` queue.  ``stale_tmp_after``: how old a ``.tmp`` file
     must be before the owner of its slice removes it (a writer that died
-    left it).
+    left it).  ``max_queue_lifetime``: how long a message may wait for its
+    delivery, counted from when it was first queued, before a failed
+    delivery gives up on it (Postfix's ``maximal_queue_lifetime``).
 
 ``[runner.NAME]``
     One per runner, and so one per queue.  Keys not given take the
@@ -76,6 +78,7 @@ log_dir: $VAR_DIR/logs
 [queues]
 max_entry_size: 32MiB
 stale_tmp_after: 1h
+max_queue_lifetime: 5d
 
 [runner.in]
 class: mailqueue.runners.IncomingRunner
@@ -116,7 +119,7 @@ _BOOLEANS = {
 #: The keys of the sections other than ``[runner.NAME]``.
 SECTION_KEYS = {
     "paths": {"var_dir", "queue_dir", "data_dir", "log_dir"},
-    "queues": {"max_entry_size", "stale_tmp_after"},
+    "queues": {"max_entry_size", "stale_tmp_after", "max_queue_lifetime"},
     "host": {"name"},
     "database": {"url"},
     "mailman": {"config"},
@@ -259,6 +262,9 @@ class Configuration:
         stale_tmp_after = _duration(
             queues.get("stale_tmp_after", "1h"), at("queues", "stale_tmp_after")
         )
+        max_queue_lifetime = _duration(
+            queues.get("max_queue_lifetime", "5d"), at("queues", "max_queue_lifetime")
+        )
         self._merged = merged
         self._paths = substitutions
         #: The largest queue entry written or read, in bytes.
@@ -266,6 +272,9 @@ class Configuration:
         #: How old, in seconds, a ``.tmp`` file is before its slice's owner
         #: removes it.
         self.stale_tmp_after = stale_tmp_after.total_seconds()
+        #: How long, in seconds from its first queuing, a message may wait
+        #: for its delivery: a delivery that fails after that gives up on it.
+        self.max_queue_lifetime = max_queue_lifetime.total_seconds()
         self.runners: dict[str, RunnerConfig] = runners
         #: This host's name in owner files: ``[host] name``, or the system's.
         self.host_name = (

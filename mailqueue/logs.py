@@ -3,8 +3,9 @@
 Everything is logged under ``mailqueue``: ``mailqueue.error`` for what went
 wrong with an entry, ``mailqueue.runner`` for a runner's life (starts,
 signals, stops), ``mailqueue.admin`` for what an operator did to entries
-(deleted, held, released, requeued) and ``mailqueue.debug`` for the details
-of each pass.  A
+(deleted, held, released, requeued), ``mailqueue.delivery`` for each
+delivery attempt, one line of ``key=value`` fields each (see
+:func:`fields`), and ``mailqueue.debug`` for the details of each pass.  A
 library adds no handlers; the program that runs it decides where lines go.
 """
 
@@ -13,15 +14,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 
-__all__ = ["LOG_FILES", "logging_to", "reopen_logs"]
+__all__ = ["LOG_FILES", "fields", "logging_to", "reopen_logs"]
 
 #: The log file of each logger, in the log directory.
 LOG_FILES = {
     "mailqueue.error": "error.log",
     "mailqueue.runner": "runner.log",
     "mailqueue.admin": "admin.log",
+    "mailqueue.delivery": "delivery.log",
 }
 
 logging.getLogger("mailqueue").addHandler(logging.NullHandler())
@@ -69,6 +72,29 @@ def logging_to(log_dir: str, debug: bool = False) -> Iterator[None]:
     finally:
         for name in files:
             _remove_file_handlers(logging.getLogger(name))
+
+
+# A value that needs no quotes: no white space, quote, backslash or "=".
+_BARE = re.compile(r"[^\s\"'\\=]+")
+
+
+def fields(**values: object) -> str:
+    """*values* as one line of ``key=value`` fields, in the order given.
+
+    A value is written bare if it can be, else in double quotes, with a
+    backslash before each ``"`` and ``\\`` in it; an empty value is ``""``.
+    So ``shlex.split()`` reads the line back into ``key=value`` words, and
+    the first ``=`` of each word ends its key.  The values must be printable
+    text already (see :func:`mailqueue.qfile.one_line`); others are written
+    as ``str()`` writes them.
+    """
+    written = []
+    for key, value in values.items():
+        text = str(value)
+        if not _BARE.fullmatch(text):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        written.append(f"{key}={text}")
+    return " ".join(written)
 
 
 def _remove_file_handlers(logger: logging.Logger) -> None:

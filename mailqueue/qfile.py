@@ -45,13 +45,16 @@ from mailqueue.message import Message
 from mailqueue.seal import SEAL_MAX, Seal, seal_start
 
 __all__ = [
+    "ATTEMPTS",
     "DIGEST_BITS",
     "FILEBASE",
     "FILE_MODE",
+    "FIRST_QUEUED",
     "LOCAL_FILE_SYSTEMS",
     "MAX_ENTRY_SIZE",
     "PICKLE_PROTOCOL",
     "QFILE_SCHEMA_VERSION",
+    "REASON",
     "FileBase",
     "QueueFileError",
     "SparePool",
@@ -61,11 +64,13 @@ __all__ = [
     "list_queue",
     "load_entry",
     "make_filebase",
+    "one_line",
     "order_key",
     "parse_entry",
     "parse_filebase",
     "read_file",
     "rename_no_replace",
+    "reserved_key_problem",
     "write_file",
 ]
 
@@ -79,6 +84,15 @@ FILE_MODE = 0o660
 DIGEST_BITS = 160
 #: The largest entry read or written, in bytes, unless the queue says otherwise.
 MAX_ENTRY_SIZE = 32 * 2**20
+
+#: The reserved metadata keys of an entry's history, kept from queue to queue
+#: (see "What a file holds" in docs/queue-files.rst): when the message was
+#: first queued (seconds since the epoch), how many times a runner failed on
+#: it, and why it failed last, in one line.  No underscore: a writer keeps
+#: them, GNU Mailman's too, and Mailman's runners read none of them.
+FIRST_QUEUED = "mq_first_queued"
+ATTEMPTS = "mq_attempts"
+REASON = "mq_reason"
 
 #: What a file base is: ``<time>+<digest>``.
 FILEBASE = re.compile(r"(?P<when>[0-9]+(?:\.[0-9]+)?)\+(?P<digest>[0-9a-fA-F]{40})")
@@ -491,11 +505,37 @@ def parse_entry(
 
 def _check_reserved_keys(metadata: dict[str, Any]) -> None:
     # The keys this implementation acts on must be what it writes.
-    count = metadata.get("_bak_count", 0)
-    if type(count) is not int or count < 0:
-        raise QueueFileError(f"_bak_count is a {type(count).__name__}, not a count")
+    problem = reserved_key_problem(metadata)
+    if problem:
+        raise QueueFileError(problem)
+
+
+def reserved_key_problem(metadata: dict[str, Any]) -> str:
+    """What is wrong with the reserved keys of *metadata*, or an empty string."""
+    for key in ("_bak_count", ATTEMPTS):
+        count = metadata.get(key, 0)
+        if type(count) is not int or count < 0:
+            return f"{key} is not a count: {count!r:.40}"
     if type(metadata.get("_parsemsg", False)) not in (bool, int):
-        raise QueueFileError("_parsemsg is not a flag")
+        return "_parsemsg is not a flag"
+    when = metadata.get(FIRST_QUEUED, 0.0)
+    if type(when) not in (int, float) or not math.isfinite(when):
+        return f"{FIRST_QUEUED} is not a time"
+    if type(metadata.get(REASON, "")) is not str:
+        return f"{REASON} is not text"
+    return ""
+
+
+def one_line(value: object, limit: int = 200) -> str:
+    """*value*, from a queue file, as one printable line of at most *limit* characters.
+
+    Text that is not printable (a line break, a control character) is
+    written as ``ascii()`` writes it; anything but text as ``repr()`` does.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    if not text.isprintable():
+        text = ascii(text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def write_file(

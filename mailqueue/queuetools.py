@@ -84,6 +84,14 @@ class QueueEntry:
     subject: str
     #: Why it could not be read, for an entry that cannot be.
     problem: str = ""
+    #: When its message was first queued, in seconds since the epoch: its
+    #: metadata's ``mq_first_queued``, else :attr:`when`.  Its age counts
+    #: from here.
+    first_queued: float = 0.0
+    #: How many times a runner failed on it (``mq_attempts``), and why,
+    #: last (``mq_reason``, in one line).
+    attempts: int = 0
+    reason: str = ""
 
     @property
     def held(self) -> bool:
@@ -139,7 +147,16 @@ def _read(queue: str, path: str, parsed: qfile.FileBase) -> QueueEntry:
         msg, metadata, _ = qfile.load_entry(path, config.max_entry_size)
     except (OSError, qfile.QueueFileError) as error:
         return QueueEntry(
-            queue, parsed.text, path, parsed.when, size, "", "", "", str(error)
+            queue,
+            parsed.text,
+            path,
+            parsed.when,
+            size,
+            "",
+            "",
+            "",
+            str(error),
+            first_queued=parsed.when,
         )
     names = [metadata.get(key) for key in ("listid", "listname")]
     mlist = next((name for name in names if isinstance(name, str)), "")
@@ -152,7 +169,17 @@ def _read(queue: str, path: str, parsed: qfile.FileBase) -> QueueEntry:
         except Exception:  # a message put together so that it cannot say
             sender, subject = "", "(unreadable headers)"
     return QueueEntry(
-        queue, parsed.text, path, parsed.when, size, mlist, sender, subject
+        queue,
+        parsed.text,
+        path,
+        parsed.when,
+        size,
+        mlist,
+        sender,
+        subject,
+        first_queued=metadata.get(qfile.FIRST_QUEUED, parsed.when),
+        attempts=metadata.get(qfile.ATTEMPTS, 0),
+        reason=qfile.one_line(metadata.get(qfile.REASON, ""), 500),
     )
 
 
@@ -284,8 +311,8 @@ def _move(entry: QueueEntry, target: str) -> None:
 
 
 def age(entry: QueueEntry, now: float | None = None) -> str:
-    """How long *entry* has waited, as ``45s``, ``12m``, ``3h`` or ``2d``."""
-    seconds = max(0, int((now or time.time()) - entry.when))
+    """How long *entry* has waited since first queued: ``45s``, ``3h``, ``2d``."""
+    seconds = max(0, int((now or time.time()) - entry.first_queued))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"

@@ -9,6 +9,7 @@ import os
 import select
 import signal
 import time
+from collections.abc import Hashable
 from types import FrameType
 from typing import Any
 
@@ -18,7 +19,14 @@ from mailqueue.lists import MailingList
 from mailqueue.logs import reopen_logs
 from mailqueue.message import Message
 from mailqueue.metrics import Counters
-from mailqueue.qfile import QueueFileError
+from mailqueue.qfile import (
+    ATTEMPTS,
+    FIRST_QUEUED,
+    REASON,
+    QueueFileError,
+    one_line,
+    parse_filebase,
+)
 from mailqueue.switchboard import Switchboard
 
 __all__ = [
@@ -113,6 +121,12 @@ class Runner:
         #: added to the var dir's counts before it sleeps, and at most once a
         #: second while it works (see :mod:`mailqueue.metrics`).
         self.counters = Counters(config.VAR_DIR)
+        #: The entry being processed: its file base, when its message was
+        #: first queued (see :meth:`_carried`), and how many attempts on it
+        #: failed before this one.
+        self._filebase = ""
+        self._first_queued = 0.0
+        self._attempts = 0
         self._temporary_checked = 0.0
         #: Lists and members looked up in this pass, for at most a second.
         self._lookups: dict[tuple[str, ...], Any] = {}
@@ -142,6 +156,7 @@ class Runner:
         try:
             return self._one_iteration()
         finally:
+            self._errors.flush()
             self._clean_up()
             self.counters.flush()
 
@@ -164,6 +179,7 @@ class Runner:
                 filecnt = self._one_iteration()
                 self._do_periodic()
                 self._remove_stale_temporary_files()
+                self._errors.tick()
                 # Mark the sleep before the last look at the stop flag: a stop
                 # signal then either is seen here or interrupts the sleep.
                 try:
@@ -366,33 +382,70 @@ class Runner:
             )
             return
         self._progress += 1
+        self._filebase = filebase
+        parsed = parse_filebase(filebase)
+        self._first_queued = msgdata.get(
+            FIRST_QUEUED, parsed.when if parsed else time.time()
+        )
+        self._attempts = msgdata.get(ATTEMPTS, 0)
         try:
             self._process_one_file(msg, msgdata)
-        except Exception:
+        except Exception as error:
             elog.exception(
                 "%s runner: uncaught exception processing %s", self.name, filebase
             )
-            self._shunt(filebase, msg, msgdata)
+            self._shunt(filebase, msg, msgdata, f"{type(error).__name__}: {error}")
         else:
             self.switchboard.finish(filebase)
 
-    def _enqueue_in_shunt(self, msg: Message, msgdata: dict[str, Any]) -> str:
-        # whichq says where the message goes back to once it is unshunted.
+    def _carried(self, failure: str = "") -> dict[str, Any]:
+        """What an entry queued from the one being processed carries on.
+
+        Pass it to ``enqueue`` beside the metadata, as in
+        ``enqueue(msg, msgdata, **self._carried())``: the time the message
+        was first queued (``mq_first_queued``: the entry's own, or the time
+        in its file base if it has none).  With *failure*, also one more
+        failed attempt (``mq_attempts``) and *failure*, in one line, as the
+        reason (``mq_reason``).  The keys are those of "What a file holds"
+        in :doc:`/queue-files`.
+        """
+        carried: dict[str, Any] = {FIRST_QUEUED: self._first_queued}
+        if failure:
+            carried[ATTEMPTS] = self._attempts + 1
+            carried[REASON] = one_line(failure, 500)
+        return carried
+
+    def _enqueue_in_shunt(
+        self, msg: Message, msgdata: dict[str, Any], reason: str
+    ) -> str:
+        # whichq says where the message goes back to once it is unshunted;
+        # the reason, why it is in shunt.
         assert self.switchboard is not None
         msgdata["whichq"] = self.switchboard.name
-        return config.switchboards["shunt"].enqueue(msg, msgdata)
+        return config.switchboards["shunt"].enqueue(
+            msg, msgdata, **self._carried(reason)
+        )
 
-    def _shunt(self, filebase: str, msg: Message, msgdata: dict[str, Any]) -> None:
+    def _shunt(
+        self, filebase: str, msg: Message, msgdata: dict[str, Any], reason: str
+    ) -> None:
         assert self.switchboard is not None
         try:
-            new_filebase = self._enqueue_in_shunt(msg, msgdata)
+            new_filebase = self._enqueue_in_shunt(msg, msgdata, reason)
         except Exception:
             elog.exception(
                 "%s runner cannot shunt %s; preserving it", self.name, filebase
             )
             self.switchboard.finish(filebase, preserve=True)
         else:
-            elog.error("%s runner shunted %s as %s", self.name, filebase, new_filebase)
+            elog.error(
+                "%s runner shunted %s %s as %s: %s",
+                self.name,
+                filebase,
+                _message_id(msg),
+                new_filebase,
+                one_line(reason, 500),
+            )
             self.counters.add(self.name, "shunts")
             self.switchboard.finish(filebase)
 
@@ -409,12 +462,13 @@ class Runner:
         if mlist is None:
             wanted = msgdata.get("listid", msgdata.get("listname"))
             elog.error(
-                "%s runner shunting %s for a missing list: %s",
+                "%s runner shunting %s %s for a missing list: %s",
                 self.name,
-                _loggable(msg.get("message-id", "a message")),
+                self._filebase,
+                _message_id(msg),
                 _loggable(wanted),
             )
-            self._enqueue_in_shunt(msg, msgdata)
+            self._enqueue_in_shunt(msg, msgdata, f"no such list: {_loggable(wanted)}")
             self.counters.add(self.name, "shunts")
             return
         sender = msg.sender
@@ -429,7 +483,7 @@ class Runner:
         msgdata["lang"] = language.code
         if self._dispose(mlist, msg, msgdata):
             assert self.switchboard is not None
-            self.switchboard.enqueue(msg, msgdata)
+            self.switchboard.enqueue(msg, msgdata, **self._carried())
 
     def _lookup(self, key: tuple[str, ...], find: Any, argument: Any) -> Any:
         # A list or a member is looked up once a pass, and again after a
@@ -526,32 +580,82 @@ def runner_class(name: str) -> type[Runner]:
 
 
 class _RepeatedErrors:
-    """Log an error once, then only how often it repeated (at most each minute)."""
+    """Log an error once, then only how often it repeated (at most each minute).
+
+    Errors are the same when their *key* is (by default, when their text
+    is): a runner that fails on every entry of a list for the same cause
+    says so once, naming the first entry, and then how many more there
+    were, once a minute at most, and once more when it stops.
+    """
 
     def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
         self.logger = logger
         self.interval = interval
-        self.last = ""
-        self.repeats = 0
-        self.since = 0.0
+        #: For each key: when it was last said, how often it repeated
+        #: since, and what to say of those repeats.
+        self._seen: dict[Hashable, list[Any]] = {}
 
-    def error(self, message: str, *arguments: object) -> None:
+    def error(
+        self,
+        message: str,
+        *arguments: object,
+        key: Hashable = None,
+        again: str = "",
+    ) -> None:
+        """Log *message* % *arguments*, unless an error of its *key* was just logged.
+
+        *again* is what the line that counts the repeats says (by default,
+        the message).
+        """
         text = message % arguments
         now = time.monotonic()
-        if text != self.last:
-            self.flush()
+        key = text if key is None else key
+        seen = self._seen.get(key)
+        if seen is None:
+            if len(self._seen) >= _KEYS_KEPT:
+                self.flush()
             self.logger.error("%s", text)
-            self.last, self.since = text, now
+            self._seen[key] = [now, 0, again or text]
             return
-        self.repeats += 1
-        if now - self.since >= self.interval:
-            self.flush()
-            self.since = now
+        seen[1] += 1
+        seen[2] = again or text
+        if now - seen[0] >= self.interval:
+            self._say(seen, now)
+
+    def tick(self) -> None:
+        """Say the repeats of every error last said a minute ago or more.
+
+        An error that did not repeat in that minute is forgotten: the
+        next one of its kind is logged in full again.
+        """
+        now = time.monotonic()
+        for key, seen in list(self._seen.items()):
+            if now - seen[0] >= self.interval:
+                if seen[1]:
+                    self._say(seen, now)
+                else:
+                    del self._seen[key]
 
     def flush(self) -> None:
-        if self.repeats:
-            self.logger.error("%s (%d more times)", self.last, self.repeats)
-        self.repeats = 0
+        """Say every count of repeats not said yet, and forget every error."""
+        for seen in self._seen.values():
+            if seen[1]:
+                self._say(seen, 0.0)
+        self._seen.clear()
+
+    def _say(self, seen: list[Any], now: float) -> None:
+        self.logger.error("%s (%d more times)", seen[2], seen[1])
+        seen[0], seen[1] = now, 0
+
+
+#: How many kinds of error :class:`_RepeatedErrors` remembers at once.
+_KEYS_KEPT = 1000
+
+
+def _message_id(msg: Message) -> str:
+    """The Message-ID of *msg*, from a queue file, for a log: ``<>`` if it has none."""
+    value = msg.get("message-id")
+    return "<>" if value is None else one_line(value)
 
 
 def _list_key(msgdata: dict[str, Any]) -> tuple[str, str, str]:
@@ -579,7 +683,4 @@ def _find_list(msgdata: dict[str, Any]) -> MailingList | None:
 
 def _loggable(value: object) -> str:
     """*value*, from a queue file, as one bounded line of a log."""
-    text = value if isinstance(value, str) else repr(value)
-    if not text.isprintable():
-        text = ascii(text)
-    return text if len(text) <= 200 else text[:200] + "..."
+    return one_line(value)

@@ -2,10 +2,14 @@
 
 ``in`` stamps a message with its list's ``List-Id`` and passes it to
 ``out``; ``out`` delivers it to the list's Maildir under the var directory,
-and hands it to ``retry`` if delivery fails; ``retry`` gives it back to
-``out`` once per ``sleep_time``; ``virgin`` passes messages the system made
-itself to ``out``.  ``bad`` and ``shunt`` are never run: they hold messages
-for a person.  These illustrate the base class; they are not Mailman.
+and hands it to ``retry`` if delivery fails, or gives up on it, into
+``bad``, once it has waited ``[queues] max_queue_lifetime``; ``retry`` gives
+it back to ``out`` once per ``sleep_time``; ``virgin`` passes messages the
+system made itself to ``out``.  Every entry they queue carries its history
+on (see :meth:`~mailqueue.runner.Runner._carried`), and ``out`` logs each
+attempt to ``mailqueue.delivery``.  ``bad`` and ``shunt`` are never run:
+they hold messages for a person.  These illustrate the base class; they are
+not Mailman.
 """
 
 from __future__ import annotations
@@ -13,17 +17,20 @@ from __future__ import annotations
 import logging
 import mailbox
 import os
+import time
 from typing import Any
 
 from mailqueue.configuration import config
 from mailqueue.lists import MailingList, check_list_id
+from mailqueue.logs import fields
 from mailqueue.message import Message
-from mailqueue.qfile import fsync_directory
-from mailqueue.runner import Runner
+from mailqueue.qfile import fsync_directory, one_line
+from mailqueue.runner import Runner, _message_id
 
 __all__ = ["IncomingRunner", "OutgoingRunner", "RetryRunner", "VirginRunner", "maildir"]
 
 elog = logging.getLogger("mailqueue.error")
+delivery_log = logging.getLogger("mailqueue.delivery")
 
 
 def maildir(mlist: MailingList) -> str:
@@ -44,7 +51,9 @@ class IncomingRunner(Runner):
     ) -> bool:
         del msg["List-Id"]
         msg["List-Id"] = f"<{mlist.list_id}>"
-        config.switchboards["out"].enqueue(msg, msgdata, listid=mlist.list_id)
+        config.switchboards["out"].enqueue(
+            msg, msgdata, listid=mlist.list_id, **self._carried()
+        )
         return False
 
 
@@ -54,7 +63,7 @@ class VirginRunner(Runner):
     def _dispose(
         self, mlist: MailingList, msg: Message, msgdata: dict[str, Any]
     ) -> bool:
-        config.switchboards["out"].enqueue(msg, msgdata)
+        config.switchboards["out"].enqueue(msg, msgdata, **self._carried())
         return False
 
 
@@ -67,7 +76,14 @@ class RetryRunner(VirginRunner):
 
 
 class OutgoingRunner(Runner):
-    """Deliver a message to its list's Maildir; on failure, queue it for ``retry``."""
+    """Deliver a message to its list's Maildir; on failure, queue it for ``retry``.
+
+    A message whose delivery fails once it has waited ``[queues]
+    max_queue_lifetime`` since it was first queued is given up on instead:
+    preserved in ``bad``, with the reason.  Each attempt is one line of the
+    delivery log; a failure is one line of the error log too, and those
+    that fail for the same cause are counted (see ``_RepeatedErrors``).
+    """
 
     def _dispose(
         self, mlist: MailingList, msg: Message, msgdata: dict[str, Any]
@@ -75,17 +91,84 @@ class OutgoingRunner(Runner):
         try:
             _deliver(maildir(mlist), msg)
         except OSError as error:
-            elog.error(
-                "%s runner: delivery to %s failed, will retry: %s",
-                self.name,
-                mlist.fqdn_listname,
-                error,
-            )
-            config.switchboards["retry"].enqueue(msg, msgdata)
             self.counters.add(self.name, "delivery_failures")
+            self._failed(mlist, msg, msgdata, error)
         else:
             self.counters.add(self.name, "deliveries")
+            self._log_delivery(mlist, msg, "sent")
         return False
+
+    def _failed(
+        self,
+        mlist: MailingList,
+        msg: Message,
+        msgdata: dict[str, Any],
+        error: OSError,
+    ) -> None:
+        reason = f"delivery to {mlist.fqdn_listname} failed: {error}"
+        waited = time.time() - self._first_queued
+        if waited < config.max_queue_lifetime:
+            config.switchboards["retry"].enqueue(msg, msgdata, **self._carried(reason))
+            self._errors.error(
+                "%s runner: delivery of %s %s to %s failed, will retry: %s",
+                self.name,
+                self._filebase,
+                _message_id(msg),
+                mlist.fqdn_listname,
+                error,
+                # One cause, whatever the file each failure names.
+                key=(mlist.list_id, type(error), error.errno, error.strerror),
+                again=f"{self.name} runner: delivery to {mlist.fqdn_listname} "
+                f"failed again, will retry: {error.strerror or error}; the last "
+                f"was {self._filebase} {_message_id(msg)}",
+            )
+            self._log_delivery(mlist, msg, "deferred", reason)
+            return
+        reason = (
+            f"gave up after {_duration(waited)} in the queue (max_queue_lifetime "
+            f"{_duration(config.max_queue_lifetime)}): {reason}"
+        )
+        bad = config.switchboards["bad"]
+        preserved = bad.enqueue(msg, msgdata, **self._carried(reason))
+        bad.finish(preserved, preserve=True)
+        elog.error(
+            "%s runner: gave up on %s %s for %s after %d attempts; preserved in "
+            "bad as %s: %s",
+            self.name,
+            self._filebase,
+            _message_id(msg),
+            mlist.fqdn_listname,
+            self._attempts + 1,
+            preserved,
+            one_line(reason, 500),
+        )
+        self._log_delivery(mlist, msg, "expired", reason)
+
+    def _log_delivery(
+        self, mlist: MailingList, msg: Message, status: str, reason: str = ""
+    ) -> None:
+        # One line of key=value fields an attempt, as Postfix's maillog.
+        line = fields(
+            runner=self.name,
+            entry=self._filebase,
+            message_id=_message_id(msg),
+            list=mlist.list_id,
+            delay=f"{max(0.0, time.time() - self._first_queued):.2f}",
+            attempt=self._attempts + 1,
+            status=status,
+        )
+        if reason:
+            line += " " + fields(reason=one_line(reason, 500))
+        delivery_log.info("%s", line)
+
+
+def _duration(seconds: float) -> str:
+    """*seconds* as an operator reads it, in its largest unit: ``45s``, ``5d``."""
+    whole = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole >= size:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
 
 
 def _deliver(directory: str, msg: Message) -> None:

@@ -332,6 +332,10 @@ class Switchboard:
         stored = {key: value for key, value in data.items() if not key.startswith("_")}
         stored["version"] = qfile.QFILE_SCHEMA_VERSION
         stored["_parsemsg"] = plaintext
+        # What a reader would refuse is not written (an entry's history).
+        problem = qfile.reserved_key_problem(stored)
+        if problem:
+            raise TypeError(f"cannot queue this metadata: {problem}")
         if not isinstance(msg, email.message.Message):
             raise TypeError(f"cannot queue a {type(msg).__name__}: not a message")
         # Where the long strings of a large message are, for its seal.
