@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import email.errors
+import importlib.resources
 import io
 import json
 import os
@@ -450,6 +451,27 @@ def _runner(arguments: argparse.Namespace, config_file: str | None) -> int:
             return 0
         runner.set_signals()
         runner.run()
+    return 0
+
+
+#: What ``service-files`` prints: files of the package's ``data`` directory.
+_SERVICE_FILES = {"systemd": "mailqueue.service", "logrotate": "mailqueue.logrotate"}
+
+
+@_command(
+    "service-files",
+    "print the systemd unit or the logrotate file that mailqueue ships",
+    _arg(
+        "which",
+        choices=sorted(_SERVICE_FILES),
+        help="systemd: the master's unit; logrotate: the rotation of its logs",
+    ),
+)
+def _service_files(arguments: argparse.Namespace, config_file: str | None) -> int:
+    # From the package, so that an installed wheel has them wherever it is.
+    shipped = importlib.resources.files("mailqueue") / "data"
+    text = (shipped / _SERVICE_FILES[arguments.which]).read_text(encoding="utf-8")
+    print(text, end="")
     return 0
 
 

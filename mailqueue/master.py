@@ -144,11 +144,20 @@ def signal_master(signum: int) -> int:
 
 
 def run_master(command: list[str]) -> None:
-    """Be the master in this process until it stops (see :class:`Master`)."""
-    master = Master(command)
-    master.lock()
-    with logging_to(config.LOG_DIR):
-        master.run()
+    """Be the master in this process until it stops (see :class:`Master`).
+
+    As in a master :func:`start_master` starts, its signals wait until its
+    handlers are in place: a service manager or ``mailqueue reopen`` may
+    signal it as soon as it holds its lock.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        master = Master(command)
+        master.lock()
+        with logging_to(config.LOG_DIR):
+            master.run()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def start_master(command: list[str], timeout: float = 30) -> int:

@@ -1,7 +1,9 @@
 """The pytest plugin that runs the spec documents against an implementation.
 
-It collects the documents with Sybil: their doctest examples and
-``.. code-block:: python`` blocks, where the documents are (the installed
+It collects the documents with Sybil: their doctest examples,
+``.. code-block:: python`` blocks and, on a page that asks for it, shell
+sessions (``.. code-block:: console``, see
+:mod:`mailqueue.conformance.console`), where the documents are (the installed
 package's, or a checkout's docs/, see
 :func:`~mailqueue.conformance.spec.documents_directory`).  Every document
 gets fresh state and these fixtures from the implementation's adapter, the
@@ -42,6 +44,7 @@ from sybil import Sybil
 from sybil.parsers.rest import DocTestParser, PythonCodeBlockParser
 
 from mailqueue.conformance.adapter import FIXTURES, Adapter, AdapterError, load_adapter
+from mailqueue.conformance.console import ConsoleParser, end_session
 from mailqueue.conformance.report import SET_UP, ConformanceReport
 from mailqueue.conformance.spec import LEVELS, Place, SpecDocument, documents_directory
 
@@ -187,10 +190,12 @@ pytest_collect_file = Sybil(
     parsers=[
         DocTestParser(optionflags=ELLIPSIS | NORMALIZE_WHITESPACE | REPORT_NDIFF),
         PythonCodeBlockParser(),
+        ConsoleParser(),
     ],
     patterns=["*.rst"],
     path=str(documents_directory()),
     setup=document_setup,
+    teardown=end_session,
     fixtures=list(FIXTURES),
 ).pytest()
 pytest_collect_file.__doc__ = (
