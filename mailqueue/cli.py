@@ -2,9 +2,12 @@
 
 Every command takes the configuration from ``-C FILE`` or the
 ``MAILQUEUE_CONFIG`` environment variable; with neither, the defaults hold
-and all state lives under ``./var``.  A mistake in what a command was given
-is reported as one line on standard error, with exit status 1 (2 for a
-command line argparse cannot parse).
+and all state lives under ``./var``, in the working directory.  A mistake in
+what a command was given is reported as one line on standard error, with
+exit status 1 (2 for a command line argparse cannot parse): checked at the
+door, before anything is done, where it can be (an unknown queue or list, a
+var dir or queue directory that is not one).  What is odd in the
+configuration but not wrong is said as a ``mailqueue: warning:`` line.
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailqueue import __version__, metrics, qfile, queuetools
-from mailqueue.configuration import config
+from mailqueue.configuration import (
+    ConfigurationError,
+    config,
+    config_file_layer,
+    read_configuration_file,
+)
 from mailqueue.conformance import command as conformance
 from mailqueue.errors import MailqueueError
 from mailqueue.logs import logging_to
@@ -61,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_file = arguments.config or os.environ.get("MAILQUEUE_CONFIG")
     try:
         with _configuration(config_file), _mailman_option(arguments.mailman):
+            for warning in config.warnings:
+                print(f"mailqueue: warning: {warning}", file=sys.stderr)
+            _check_directories(arguments.command_name)
             _check_site(arguments.command_name)
             return arguments.command(arguments, config_file) or 0
     except BrokenPipeError:
@@ -78,18 +89,8 @@ def _configuration(path: str | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    try:
-        with open(path, encoding="utf-8") as stream:
-            text = stream.read()
-    except OSError as error:
-        raise CommandError(
-            f"cannot read the configuration {path}: {error.strerror}"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise CommandError(
-            f"the configuration {path} is not UTF-8 text (byte {error.start:,})"
-        ) from None
-    layer = f"config file {os.path.abspath(path)}"
+    text, _ = read_configuration_file(path)
+    layer = config_file_layer(path)
     config.push(layer, text)
     try:
         yield
@@ -118,6 +119,7 @@ _LEFT_TO_MAILMAN = {
     "start": "GNU Mailman's master runs its runners: use mailman start",
     "stop": "GNU Mailman's master runs its runners: use mailman stop",
     "restart": "GNU Mailman's master runs its runners: use mailman restart",
+    "reload": "GNU Mailman's master runs its runners: use mailman restart",
     "reopen": "GNU Mailman's master runs its runners: use mailman reopen",
     "runner": "only GNU Mailman's runners work its queues (mailqueue's know none "
     "of its lists)",
@@ -152,6 +154,55 @@ def _check_site(command: str) -> None:
             f"{_user(os.geteuid())}: run it as {_user(owner)}, so that what it "
             "writes the runners can read"
         )
+
+
+#: The commands that read what a site's runs left in its var dir: one that
+#: is not there is a mistake (a wrong var_dir, or the wrong directory).
+_READING = frozenset(
+    {"queues", "list", "hold", "release", "requeue", "delete", "unshunt"}
+)
+#: The commands that never look into a queue directory.
+_NO_QUEUES = frozenset(
+    {"stop", "restart", "reload", "reopen", "flush", "lists", "qfile", "rotate-key"}
+)
+
+
+def _check_directories(command: str) -> None:
+    """Refuse, naming it, a var dir or queue directory that is not a directory.
+
+    And, for a command that reads the queues, a var dir that is not there.
+    On a GNU Mailman site mailqueue's own var dir may well not be there yet.
+    """
+    var_dir = config.VAR_DIR
+    if not os.path.isdir(var_dir):
+        if os.path.lexists(var_dir):
+            raise CommandError(f"the var dir {var_dir} is not a directory")
+        if command in _READING and config.mailman is None:
+            where = config.origin("paths", "var_dir")
+            told = (
+                f"[paths] var_dir in {where}"
+                if where
+                else f"the default, var in the working directory {os.getcwd()}"
+            )
+            raise CommandError(
+                f"the var dir {var_dir} does not exist: nothing has run there ({told})"
+            )
+    if command in _NO_QUEUES:
+        return
+    queue_dir = config.mailman.paths["QUEUE_DIR"] if config.mailman else None
+    places = {
+        queue_dir or config.QUEUE_DIR: "the queue dir",
+        os.path.join(config.QUEUE_DIR, "hold"): "the directory of held entries",
+    }
+    for name, section in sorted(config.runners.items()):
+        if section.path:
+            places[section.path] = f"the directory of the {name} queue"
+            places[queuetools.hold_directory(name)] = (
+                f"the directory of the entries held from {name}"
+            )
+    for path, what in places.items():
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise CommandError(f"{what}, {path}, is not a directory")
 
 
 def _user(uid: int) -> str:
@@ -244,7 +295,7 @@ def _start(arguments: argparse.Namespace, config_file: str | None) -> int:
         if section.start:
             runner_class(section.name)
     if arguments.foreground:
-        run_master(command)
+        run_master(command, os.path.abspath(config_file) if config_file else None)
         return 0
     pid = start_master(command)
     print(f"mailqueue master started (pid {pid}) on {config.VAR_DIR}")
@@ -270,35 +321,46 @@ def _stop(arguments: argparse.Namespace, config_file: str | None) -> int:
 
 @_command(
     "status",
-    "say whether a master runs, and its runners",
+    "say whether a master runs, what it runs, and how deep its queues are",
     _arg("--json", action="store_true", help="print JSON"),
 )
 def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
     if config.mailman is not None:
         return _mailman_status(config.mailman, arguments.json)
     pid = master_pid()
+    # What the master itself wrote: not what this caller's configuration says.
+    record = master_status() if pid is not None else {}
+    if record.get("master") != pid:
+        record = {}  # not written yet (it has just started), or a dead one's
+    queues: dict[str, str] = record.get("queues", {})
+    host = record.get("host", config.host_name)
     runners = {}
-    if pid is not None:
-        reported = master_status().get("runners", {})
-        # Every configured slice: what the master says of it, or why nothing.
-        for section in sorted(config.runners.values(), key=lambda s: s.name):
-            if section.class_path == "mailqueue.runner.Runner":
-                continue  # a held queue: nothing runs it
-            for number in range(section.instances):
-                spec = f"{section.name}:{number}:{section.instances}"
-                runner = reported.get(spec)
-                if runner is None:
-                    state = "starting" if section.start else "not started"
-                    runner = {"pid": None, "restarts": 0}
-                else:
-                    state = runner.get("state", "running")
-                owner = _slice_owner(spec)
-                if state == "running" and owner not in (
-                    None,
-                    {"host": config.host_name, "pid": runner["pid"]},
-                ):
-                    state = "standing by"
-                runners[spec] = runner | {"state": state, "owner": owner}
+    slices = [
+        *((spec, runner) for spec, runner in record.get("runners", {}).items()),
+        *(
+            (spec, {"pid": None, "state": "not started", "restarts": 0})
+            for spec in record.get("not_started", [])
+        ),
+    ]
+    for spec, runner in sorted(slices, key=lambda item: _spec_order(item[0])):
+        state = runner["state"]
+        owner = _slice_owner(spec, queues.get(spec.split(":")[0]), host)
+        if state == "running" and owner not in (
+            None,
+            {"host": host, "pid": runner["pid"]},
+        ):
+            state = "standing by"
+        runners[spec] = runner | {"state": state, "owner": owner}
+    depths = {
+        name: {
+            "waiting": queuetools.count_entries(path),
+            "held": queuetools.count_entries(
+                os.path.join(record["queue_dir"], "hold", name), (".pck",)
+            ),
+        }
+        for name, path in queues.items()
+    }
+    configuration = _recorded_configuration(record.get("configuration"))
     # A monitoring check can rely on the status: no master, or a slice given
     # up, is a failure.
     status = (
@@ -307,21 +369,47 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
         or any(runner["state"] == "given up" for runner in runners.values())
         else 0
     )
+    started = record.get("started", time.time())
     if arguments.json:
         print(
-            json.dumps({"var_dir": config.VAR_DIR, "master": pid, "runners": runners})
+            json.dumps(
+                {
+                    "var_dir": config.VAR_DIR,
+                    "master": pid,
+                    "version": record.get("version"),
+                    "started": record.get("started"),
+                    "uptime": time.time() - started if record else None,
+                    "configuration": configuration,
+                    "runners": runners,
+                    "queues": depths,
+                }
+            )
         )
         return status
     if pid is None:
         print(f"no master is running on {config.VAR_DIR}")
         return status
     print(f"mailqueue master running (pid {pid}) on {config.VAR_DIR}")
+    if not record:
+        print("  starting: it has not yet said what it runs")
+        return status
+    print(
+        f"  version {record.get('version')}, up {_duration(time.time() - started)}, "
+        f"configuration {configuration['file'] or '(none: the built-in defaults)'}"
+    )
+    if configuration["error"]:
+        print(f"  it could not read its configuration again: {configuration['error']}")
+    elif configuration["changed"]:
+        print(
+            "  the file has changed since the master read it: mailqueue reload "
+            "applies it"
+        )
     for spec, runner in runners.items():
         pid_text = str(runner["pid"] or "-")
         owner = runner["owner"]
         if owner is None:
             owned = "owner: nobody"
-        elif owner == {"host": config.host_name, "pid": runner["pid"]}:
+        elif owner == {"host": host, "pid": runner["pid"]}:
             owned = "owner: this runner"
         else:
             owned = f"owner: pid {owner['pid']} on {owner['host']}"
@@ -329,7 +417,42 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
             f"  runner {spec:<12} {runner['state']:<11} pid {pid_text:<8} "
             f"restarts {runner['restarts']:<3} {owned}"
         )
+    shown = [
+        f"{name} {depth['waiting']}"
+        + (f" ({depth['held']} held)" if depth["held"] else "")
+        for name, depth in depths.items()
+    ]
+    print(f"  queues: {', '.join(shown)}")
     return status
+
+
+def _spec_order(spec: str) -> tuple[str, int]:
+    name, number, _ = spec.split(":")
+    return name, int(number)
+
+
+def _recorded_configuration(recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """The configuration file the master read, and whether it changed since."""
+    recorded = recorded or {"file": None, "digest": None, "read": None, "error": None}
+    changed = False
+    if recorded["file"] is not None:
+        try:
+            _, digest = read_configuration_file(recorded["file"])
+        except ConfigurationError:
+            digest = None  # gone, or unreadable: not what the master read
+        changed = digest != recorded["digest"]
+    return recorded | {"changed": changed}
+
+
+def _duration(seconds: float) -> str:
+    """*seconds* in the two largest units: ``45s``, ``12m 5s``, ``3h 2m``, ``2d 1h``."""
+    seconds = int(seconds)
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    for index, (unit, size) in enumerate(units[:-1]):
+        if seconds >= size:
+            smaller, small = units[index + 1]
+            return f"{seconds // size}{unit} {seconds % size // small}{smaller}"
+    return f"{seconds}s"
 
 
 def _mailman_status(site: MailmanSite, as_json: bool) -> int:
@@ -393,13 +516,15 @@ def _mailman_status(site: MailmanSite, as_json: bool) -> int:
     return status
 
 
-def _slice_owner(spec: str) -> dict[str, Any] | None:
-    """Who holds the lock of *spec*'s slice, on any host (this only looks)."""
-    name, slice, count = spec.split(":")
-    section = config.runners.get(name)
-    if section is None or section.path is None:
+def _slice_owner(spec: str, path: str | None, host: str) -> dict[str, Any] | None:
+    """Who holds the lock of *spec*'s slice of the queue at *path*, on any host.
+
+    This only looks.  *host* is the name this host's master goes by.
+    """
+    if path is None:
         return None
-    owner = slice_owner(section.path, int(slice), int(count), config.host_name)
+    _, slice, count = spec.split(":")
+    owner = slice_owner(path, int(slice), int(count), host)
     return None if owner is None else {"host": owner[0], "pid": owner[1]}
 
 
@@ -423,10 +548,24 @@ def _rotate_key(arguments: argparse.Namespace, config_file: str | None) -> int:
     return 0
 
 
-@_command("restart", "make the master restart its runners")
+@_command(
+    "reload",
+    "the same as restart, by the name postfix gives it: the master reads its "
+    "configuration file again and replaces its runners with what it configures",
+)
+@_command(
+    "restart",
+    "make the master read its configuration file again and restart its runners "
+    "(each after its current entry)",
+)
 def _restart(arguments: argparse.Namespace, config_file: str | None) -> int:
     pid = signal_master(signal.SIGUSR1)
-    print(f"mailqueue master (pid {pid}) is restarting its runners")
+    file = master_status().get("configuration", {}).get("file")
+    reading = f"reading {file} again and " if file else ""
+    print(
+        f"mailqueue master (pid {pid}) is {reading}restarting its runners, each "
+        "after its current entry"
+    )
     return 0
 
 
@@ -566,7 +705,7 @@ def _qfile(arguments: argparse.Namespace, config_file: str | None) -> int:
     for path in arguments.files:
         path = _entry_path(path)
         try:
-            msg, metadata, _ = qfile.load_entry(path, config.max_entry_size)
+            msg, metadata, _ = _load_queue_file(path)
             entries.append(_shown(path, msg, metadata, arguments.json))
         except FileNotFoundError:
             print(f"mailqueue: error: no such file: {path}", file=sys.stderr)
@@ -591,7 +730,33 @@ def _entry_path(name: str) -> str:
             path = os.path.join(directory or "", name + extension)
             if directory and os.path.lexists(path):
                 return path
+    for queue in sorted(config.runners):
+        path = os.path.join(queuetools.hold_directory(queue), name + ".pck")
+        if os.path.lexists(path):
+            return path
     return name
+
+
+#: How every queue file begins: the pickle opcode PROTO, and a protocol
+#: from 2 (GNU Mailman 2's) to 5.
+_PICKLE_START = re.compile(rb"\x80[\x02-\x05]")
+
+
+def _load_queue_file(path: str) -> tuple[Any, dict[str, Any], memoryview]:
+    """Load the queue file at *path*, as :func:`mailqueue.qfile.load_entry` does.
+
+    A file that does not even begin as a pickle is said to be no queue file,
+    rather than described as a pickle that went wrong at its first byte.
+    """
+    data = qfile.read_file(path, config.max_entry_size)
+    name = os.path.basename(path)
+    if not _PICKLE_START.match(data):
+        begins = f"begins {data[:16]!r}" if data else "is empty"
+        raise qfile.QueueFileError(
+            f"{name}: not a queue file (a queue file is a pickle, which begins "
+            f"with byte 0x80; this one {begins})"
+        )
+    return qfile.parse_entry(data, name)
 
 
 def _shown(path: str, msg: Any, metadata: dict[str, Any], as_json: bool) -> Any:
@@ -707,12 +872,16 @@ def _print_queues(as_json: bool) -> None:
     if as_json:
         print(json.dumps(counts, indent=2))
         return
-    print(f"{'queue':<10}{'.pck':>8}{'.bak':>8}{'.psv':>8}{'.tmp':>8}")
+    print(f"{'queue':<10}{'.pck':>8}{'.bak':>8}{'.psv':>8}{'.tmp':>8}{'held':>8}")
     for name, count in counts.items():
         print(
             f"{name:<10}{count['pck']:>8}{count['bak']:>8}{count['psv']:>8}"
-            f"{count['tmp']:>8}"
+            f"{count['tmp']:>8}{count['held']:>8}"
         )
+    site = config.mailman
+    var_dir = site.paths["VAR_DIR"] if site else config.VAR_DIR
+    queue_dir = site.paths["QUEUE_DIR"] if site else config.QUEUE_DIR
+    print(f"-- var dir {var_dir}, queues in {queue_dir}")
 
 
 @_command(
@@ -746,6 +915,7 @@ def _metrics(arguments: argparse.Namespace, config_file: str | None) -> int:
     _arg("--json", action="store_true", help="print JSON"),
 )
 def _list(arguments: argparse.Namespace, config_file: str | None) -> int:
+    _check_queues(arguments.queue or ())
     entries = queuetools.list_entries(arguments.queue or None)
     now = time.time()
     if arguments.json:
@@ -834,31 +1004,49 @@ _SELECTION = (
 @_command("delete", "delete entries for good", *_SELECTION, act="delete")
 def _act(arguments: argparse.Namespace, config_file: str | None) -> int:
     action = arguments.act
+    # Everything that can be said before the first entry is acted on, once.
+    _check_queues(arguments.queue or ())
+    if action == "requeue":
+        _check_queues([arguments.to], held=False)
+    if action == "hold" and "bad" in (arguments.queue or ()):
+        raise CommandError(
+            "entries in bad are not held: no runner takes them from there "
+            "(requeue them instead)"
+        )
+    if not (
+        arguments.filebases or arguments.all or arguments.list or arguments.older_than
+    ):
+        raise CommandError(
+            "name the entries (file bases), or choose them with --all, --list "
+            "or --older-than"
+        )
+    lists = _list_names(arguments.list) if arguments.list else set()
+    waiting = queuetools.list_entries(arguments.queue or None)
     entries = [
         entry
-        for entry in queuetools.list_entries(arguments.queue or None)
+        for entry in waiting
         if entry.held == (action == "release") or action in ("delete", "requeue")
     ]
     if arguments.filebases:
         named = set(arguments.filebases)
         chosen = [entry for entry in entries if entry.filebase in named]
         missing = named - {entry.filebase for entry in chosen}
-    elif arguments.all or arguments.list or arguments.older_than:
-        chosen, missing = entries, set()
     else:
-        raise CommandError(
-            "name the entries (file bases), or choose them with --all, --list "
-            "or --older-than"
-        )
+        # Chosen in bulk, hold passes over what it could only refuse.
+        chosen, missing = entries, set()
+        if action == "hold":
+            chosen = [e for e in chosen if e.queue != "bad" and not e.preserved]
     if arguments.list:
-        chosen = [entry for entry in chosen if entry.list == arguments.list]
+        chosen = [entry for entry in chosen if entry.list in lists]
     if arguments.older_than:
         now = time.time()
         chosen = [e for e in chosen if now - e.first_queued > arguments.older_than]
     status = 0
     for filebase in sorted(missing):
         print(
-            f"mailqueue: error: no {_WAITING[action]} entry {filebase}", file=sys.stderr
+            f"mailqueue: error: no {_WAITING[action]} entry {filebase}"
+            + _taken(filebase),
+            file=sys.stderr,
         )
         status = 1
     if config.mailman is not None and not arguments.force:
@@ -878,6 +1066,47 @@ def _act(arguments: argparse.Namespace, config_file: str | None) -> int:
             where = f" to {arguments.to}" if action == "requeue" else ""
             print(f"{_DONE[action]} {entry.filebase} ({entry.queue}){where}")
     return status
+
+
+def _taken(filebase: str) -> str:
+    """Which queue's runner has the entry *filebase* in hand (a ``.bak``), if one."""
+    for name, section in sorted(config.runners.items()):
+        if section.path and os.path.lexists(
+            os.path.join(section.path, filebase + ".bak")
+        ):
+            return f": a runner has it in hand in {name}, and it is left to it"
+    return ""
+
+
+def _check_queues(names: Sequence[str], held: bool = True) -> None:
+    """Refuse, in one line, a name among *names* that is not a queue's.
+
+    ``hold/NAME`` names the entries held from NAME, unless *held* is false.
+    """
+    for name in names:
+        queue = name.removeprefix("hold/") if held else name
+        if queue not in config.switchboards:
+            known = ", ".join(sorted(config.switchboards))
+            raise CommandError(f"no queue is called {name!r} (queues: {known})")
+
+
+def _list_names(name: str) -> set[str]:
+    """What the entries for the list *name* say they are for.
+
+    Its posting address and list-id, for a list there is; the name alone if
+    only entries are for it (its list was deleted, or is GNU Mailman's).
+    Raise :exc:`CommandError` if neither is.
+    """
+    url = config.database_url
+    found = None
+    # Looking creates nothing: no database yet means no lists yet.
+    if not url.startswith("sqlite:///") or os.path.exists(url[len("sqlite:///") :]):
+        found = config.lists.get(name) or config.lists.get_by_list_id(name)
+    if found is not None:
+        return {name, found.list_id, found.fqdn_listname}
+    if not any(entry.list == name for entry in queuetools.list_entries()):
+        raise CommandError(f"no list is called {name!r}, and no entry is for it")
+    return {name}
 
 
 def _not_worked(

@@ -22,7 +22,13 @@ section matter:
 ``[runner.NAME]``
     One per runner, and so one per queue.  Keys not given take the
     defaults in :data:`RUNNER_DEFAULTS`.  An empty ``path`` makes a runner
-    that manages no queue.
+    that manages no queue.  A section for a queue that nothing sends to,
+    whose name is a near miss of a built-in one, is kept, with a warning
+    (``Configuration.warnings``).
+
+A configuration file is read with :func:`read_configuration_file` and
+pushed as the layer :func:`config_file_layer` names, which
+:meth:`Configuration.replace` can swap for the file's new text.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import configparser
 import difflib
 import functools
+import hashlib
 import ipaddress
 import os
 import re
@@ -53,7 +60,9 @@ __all__ = [
     "RunnerConfig",
     "Switchboards",
     "config",
+    "config_file_layer",
     "create_list",
+    "read_configuration_file",
 ]
 
 #: The keys every ``[runner.NAME]`` section has, and their default values.
@@ -131,8 +140,34 @@ class ConfigurationError(MailqueueError, ValueError):
     """A mistake in the configuration: where it is, and what is wrong.
 
     An unknown section or key, a value that is not what the key takes, a
-    ``$VARIABLE`` that is not defined, text that is not INI.
+    ``$VARIABLE`` that is not defined, text that is not INI, a file that
+    cannot be read.
     """
+
+
+def config_file_layer(path: str) -> str:
+    """The name of the layer that holds the configuration file at *path*."""
+    return f"config file {os.path.abspath(path)}"
+
+
+def read_configuration_file(path: str) -> tuple[str, str]:
+    """The text of the configuration file at *path*, and its SHA-256 digest.
+
+    Raise :exc:`ConfigurationError`, in one line, if it cannot be read or
+    is not UTF-8 text.  The digest tells whether the file changed since.
+    """
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+        return data.decode("utf-8"), hashlib.sha256(data).hexdigest()
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read the configuration {path}: {error.strerror}"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(
+            f"the configuration {path} is not UTF-8 text (byte {error.start:,})"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -188,6 +223,22 @@ class Configuration:
             self._apply()
         except ValueError:
             self._layers.pop()
+            self._apply()
+            raise
+
+    def replace(self, name: str, text: str) -> None:
+        """Give the layer called *name* the INI *text* instead, where it is.
+
+        As :meth:`push`, raise :exc:`ConfigurationError` (and keep the layer
+        as it was) if the text is not a valid configuration.
+        """
+        index = self.layers.index(name)
+        old = self._layers[index]
+        self._layers[index] = (name, _parse(name, text))
+        try:
+            self._apply()
+        except ValueError:
+            self._layers[index] = old
             self._apply()
             raise
 
@@ -265,7 +316,14 @@ class Configuration:
         max_queue_lifetime = _duration(
             queues.get("max_queue_lifetime", "5d"), at("queues", "max_queue_lifetime")
         )
+        #: What is odd but not wrong, one line each: a ``[runner.NAME]``
+        #: section that makes a queue nothing sends to, named as a built-in
+        #: queue misspelled.
+        self.warnings: list[str] = (
+            _near_misses(runners, self._layers) if site is None else []
+        )
         self._merged = merged
+        self._origins = {place: origins[place] for place in given}
         self._paths = substitutions
         #: The largest queue entry written or read, in bytes.
         self.max_entry_size = max_entry_size
@@ -333,6 +391,10 @@ class Configuration:
     def LOG_DIR(self) -> str:
         """The directory that holds the log files."""
         return self._paths["LOG_DIR"]
+
+    def origin(self, section: str, key: str) -> str | None:
+        """Where the value of *key* in *section* was set; None for a default."""
+        return self._origins.get((section, key))
 
     def get(self, section: str, key: str, default: str | None = None) -> str | None:
         """The raw value of *key* in *section*, after all layers."""
@@ -403,6 +465,10 @@ class Switchboards(Mapping[str, Switchboard]):
         if name not in self._made:
             self._made[name] = self.make(name)
         return self._made[name]
+
+    def __contains__(self, name: object) -> bool:
+        # Without making the switchboard (and so its directory).
+        return name in self._paths
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._paths)
@@ -527,6 +593,38 @@ def _parse(name: str, text: str) -> _Layer:
 
 # Near misses of a runner section are of the built-in ones.
 _RUNNER_SECTIONS = [f"runner.{name}" for name in ("in", "out", "virgin", "retry")]
+
+#: The built-in queues, and the classes that send only to them: a queue of
+#: another name that one of these runs is one nothing sends to (but
+#: ``mailqueue inject``).
+_BUILT_IN_QUEUES = ("bad", "in", "out", "retry", "shunt", "virgin")
+_BUILT_IN_CLASSES = "mailqueue.runner.Runner", "mailqueue.runners."
+
+
+def _near_misses(
+    runners: dict[str, RunnerConfig], layers: list[tuple[str, _Layer]]
+) -> list[str]:
+    """A warning for each queue nothing sends to whose name is a near miss."""
+    warnings = []
+    for name, runner in sorted(runners.items()):
+        if name in _BUILT_IN_QUEUES or runner.path is None:
+            continue
+        if not runner.class_path.startswith(_BUILT_IN_CLASSES):
+            continue  # its own class: it may well have senders of its own
+        close = difflib.get_close_matches(name, _BUILT_IN_QUEUES, n=1, cutoff=0.6)
+        if close:
+            section = f"runner.{name}"
+            where = next(
+                layer.where(section)
+                for _, layer in reversed(layers)
+                if section in layer.sections
+            )
+            warnings.append(
+                f"{where}: [{section}] makes a queue {name!r} that nothing sends "
+                f"to (did you mean [runner.{close[0]}]?)"
+            )
+    return warnings
+
 
 _WHAT_WENT_WRONG = {
     "MissingSectionHeader": "a line before any [section]",

@@ -9,9 +9,19 @@ Only restarts within the runner's ``restart_window`` count against its
 (``status`` says so, and exits non-zero) and then tries again, so a slice
 never stays down for good.  Signals to the master go on to the runners:
 SIGTERM and SIGINT stop everything (each runner finishes its current
-entry), SIGHUP reopens the logs, SIGUSR1 restarts the runners, SIGUSR2
-wakes them to try their queues at once (``mailqueue flush``).  With
-``[master] metrics_listen`` set, it also serves the metrics
+entry), SIGHUP reopens the logs, SIGUSR2 wakes them to try their queues at
+once (``mailqueue flush``).  SIGUSR1 (``mailqueue restart`` or ``reload``)
+makes the master read its configuration file again and replace its runners
+with those the file now configures: every runner stops after its current
+entry, and once all have stopped the new ones start, so that two never
+work on one entry.  A file that cannot be read, or is not a valid
+configuration, is logged and changes nothing.
+
+The master records what it runs in ``$VAR_DIR/master.json``: its pid,
+version and start time, the configuration file it read (its digest, when,
+and why it could not read it again), its queues, and each slice's state.
+``mailqueue status`` shows that, not what the caller's configuration says.
+With ``[master] metrics_listen`` set, it also serves the metrics
 (:mod:`mailqueue.metrics`) on that loopback address, for as long as it runs.
 
 Every runner holds the read end of a pipe whose write end only the master
@@ -38,7 +48,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailqueue.configuration import config
+from mailqueue import __version__
+from mailqueue.configuration import (
+    Configuration,
+    ConfigurationError,
+    config,
+    config_file_layer,
+    read_configuration_file,
+)
 from mailqueue.errors import MailqueueError
 from mailqueue.logs import logging_to, reopen_logs
 from mailqueue.metrics import Counters, MetricsError, MetricsServer
@@ -72,6 +89,9 @@ MAX_RESTART_DELAY = 60.0
 SIGNALS = frozenset(
     (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 )
+
+#: The class of a queue held for a person (bad, shunt): no runner runs it.
+_HELD = "mailqueue.runner.Runner"
 
 rlog = logging.getLogger("mailqueue.runner")
 elog = logging.getLogger("mailqueue.error")
@@ -118,7 +138,14 @@ def master_pid() -> int | None:
 
 
 def master_status() -> dict[str, Any]:
-    """What the running master last wrote about its runners (empty if none)."""
+    """What the running master last wrote about itself (empty if nothing).
+
+    The keys: ``master`` (its pid), ``version``, ``started`` (seconds since
+    the epoch), ``host``, ``configuration`` (``file``, ``digest``, ``read``,
+    ``error``), ``queue_dir``, ``queues`` (each queue's directory),
+    ``runners`` (each slice it runs: ``pid``, ``state``, ``restarts``) and
+    ``not_started`` (the slices its configuration does not start).
+    """
     try:
         with open(_status_path()) as stream:
             # The object the master's _write_status() wrote.
@@ -143,7 +170,7 @@ def signal_master(signum: int) -> int:
     return pid
 
 
-def run_master(command: list[str]) -> None:
+def run_master(command: list[str], config_file: str | None = None) -> None:
     """Be the master in this process until it stops (see :class:`Master`).
 
     As in a master :func:`start_master` starts, its signals wait until its
@@ -152,7 +179,7 @@ def run_master(command: list[str]) -> None:
     """
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
-        master = Master(command)
+        master = Master(command, config_file)
         master.lock()
         with logging_to(config.LOG_DIR):
             master.run()
@@ -235,8 +262,8 @@ class _Child:
     window: float
     restarts: int = 0
     pid: int | None = None
-    restart_expected: bool = False
-    #: running, restarting (waiting to be started again) or given up.
+    #: running, restarting (waiting to be started again), given up, or
+    #: stopping (to be replaced, on SIGUSR1).
     state: str = "running"
     #: When to start it again (time.monotonic()), while it is not running.
     start_at: float | None = None
@@ -254,14 +281,29 @@ class Master:
     *command* runs ``mailqueue`` with the master's configuration, for
     example ``[sys.executable, "-m", "mailqueue", "-C", "site.cfg"]``; a
     runner process is ``command + ["runner", "NAME:SLICE:COUNT"]``.
+    *config_file* is that file, already pushed as a layer (see
+    :func:`~mailqueue.configuration.config_file_layer`): the master reads it
+    again as it starts and on SIGUSR1.
     """
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], config_file: str | None = None) -> None:
         self.command = command
+        self.config_file = config_file
+        #: The file, as it was last read: what ``master.json`` records.
+        self.configuration: dict[str, Any] = {
+            "file": config_file,
+            "digest": None,
+            "read": None,
+            "error": None,
+        }
+        self._started = time.time()
         # Every runner slice, by its spec, running or not.
         self.children: dict[str, _Child] = {}
         self._by_pid: dict[int, _Child] = {}
         self._stopping = False
+        # SIGUSR1 came; the runners are stopping, to be replaced.
+        self._restart_asked = False
+        self._replacing = False
         self._lock_fd: int | None = None
         self._pipe: tuple[int, int] | None = None
         self._write_failed: int | None = None
@@ -306,7 +348,7 @@ class Master:
         signal.signal(signal.SIGTERM, self._stop_signal)
         signal.signal(signal.SIGINT, self._stop_signal)
         signal.signal(signal.SIGHUP, self._hangup)
-        signal.signal(signal.SIGUSR1, self._restart_all)
+        signal.signal(signal.SIGUSR1, self._ask_restart)
         signal.signal(
             signal.SIGUSR2, lambda signum, frame: self._signal_children(signum)
         )
@@ -318,27 +360,27 @@ class Master:
         self._pipe = os.pipe()
         os.set_inheritable(self._pipe[0], True)
         rlog.info("master %d starting on %s", os.getpid(), config.VAR_DIR)
-        for section in config.runners.values():
-            if section.start:
-                for number in range(section.instances):
-                    child = _Child(
-                        section.name,
-                        number,
-                        section.instances,
-                        section.max_restarts,
-                        section.restart_window.total_seconds(),
-                    )
-                    self.children[child.spec] = child
-                    self._spawn(child)
+        if self.config_file is not None:
+            self._read_configuration()
+        self._start_configured()
         self._write_status()
         if self._metrics is not None:
             self._metrics.start()
         try:
-            while self._by_pid or (self.children and not self._stopping):
+            while self._by_pid or (
+                not self._stopping and (self.children or self._replacing)
+            ):
                 select.select([wakeup_read], [], [], self._timeout())
                 with contextlib.suppress(BlockingIOError):
                     os.read(wakeup_read, 4096)
                 changed = self._reap_all()
+                if self._restart_asked:
+                    changed |= self._restart()
+                if self._replacing and not self._by_pid:
+                    # Every old runner is gone: now the new ones.
+                    self._replacing = False
+                    self._start_configured()
+                    changed = True
                 changed |= self._start_due()
                 if changed:
                     self._write_status()
@@ -353,6 +395,71 @@ class Master:
             os.unlink(_status_path())
         os.close(self._lock_fd)
         self._lock_fd = None
+
+    def _start_configured(self) -> None:
+        """Start every slice of every runner the configuration starts."""
+        for section in config.runners.values():
+            if section.start:
+                for number in range(section.instances):
+                    child = _Child(
+                        section.name,
+                        number,
+                        section.instances,
+                        section.max_restarts,
+                        section.restart_window.total_seconds(),
+                    )
+                    self.children[child.spec] = child
+                    self._spawn(child)
+
+    def _read_configuration(self) -> bool:
+        """Read the configuration file again; False if it cannot be (logged)."""
+        path = self.config_file
+        assert path is not None
+        try:
+            text, digest = read_configuration_file(path)
+            # Checked on its own first: the var dir is this master's, and
+            # cannot move under it.
+            probe = Configuration()
+            probe.push(config_file_layer(path), text)
+            if probe.VAR_DIR != config.VAR_DIR:
+                raise ConfigurationError(
+                    f"{path} moves the var dir to {probe.VAR_DIR}: stop the master "
+                    "and start it again to move it"
+                )
+        except ConfigurationError as error:
+            elog.error(
+                "master cannot read its configuration again: %s; it goes on with "
+                "what it read before",
+                error,
+            )
+            self.configuration["error"] = str(error)
+            return False
+        config.replace(config_file_layer(path), text)
+        self.configuration = {
+            "file": path,
+            "digest": digest,
+            "read": time.time(),
+            "error": None,
+        }
+        return True
+
+    def _restart(self) -> bool:
+        """Replace the runners, on SIGUSR1; True if anything changed."""
+        self._restart_asked = False
+        if self._stopping:
+            return False
+        reading = f"reading {self.config_file} again and " if self.config_file else ""
+        rlog.info("master caught SIGUSR1; %srestarting the runners", reading)
+        if self.config_file is not None and not self._read_configuration():
+            return True  # the status says why nothing else changed
+        self._replacing = True
+        for spec, child in list(self.children.items()):
+            if child.pid is None:
+                del self.children[spec]  # restarting, or given up: not running
+            else:
+                child.state = "stopping"
+        self._signal_children(signal.SIGTERM)
+        return True
 
     def _timeout(self) -> float | None:
         due = [c.start_at for c in self.children.values() if c.start_at is not None]
@@ -369,7 +476,6 @@ class Master:
         child.pid = os.posix_spawnp(
             argv[0], argv, environment, setsigmask=RUNNER_SIGNALS
         )
-        child.restart_expected = False
         child.state = "running"
         child.start_at = None
         self._by_pid[child.pid] = child
@@ -410,12 +516,9 @@ class Master:
             else f"signal {signal.Signals(-code).name}"
         )
         pid, child.pid = child.pid, None
-        if self._stopping:
+        if self._stopping or self._replacing:
             rlog.info("runner %s (pid %d) stopped: %s", child.spec, pid, how)
             del self.children[child.spec]
-            return
-        if child.restart_expected:
-            self._spawn(child)
             return
         if code == 0:
             rlog.info("runner %s (pid %d) exited", child.spec, pid)
@@ -472,15 +575,31 @@ class Master:
         reopen_logs()
         self._signal_children(signal.SIGHUP)
 
-    def _restart_all(self, signum: int, frame: object) -> None:
-        rlog.info("master caught SIGUSR1; restarting the runners")
-        for child in self._by_pid.values():
-            child.restart_expected = True
-        self._signal_children(signal.SIGTERM)
+    def _ask_restart(self, signum: int, frame: object) -> None:
+        # Done in the loop, which the signal wakes: reading a file and
+        # parsing it is no work for a handler.
+        self._restart_asked = True
 
     def _write_status(self) -> None:
         status = {
             "master": os.getpid(),
+            "version": __version__,
+            "started": self._started,
+            "host": config.host_name,
+            "configuration": self.configuration,
+            "queue_dir": config.QUEUE_DIR,
+            "queues": {
+                name: section.path
+                for name, section in sorted(config.runners.items())
+                if section.path
+            },
+            "not_started": [
+                f"{name}:{number}:{section.instances}"
+                for name, section in sorted(config.runners.items())
+                # A held queue (bad, shunt) has no runner to start.
+                if not section.start and section.class_path != _HELD
+                for number in range(section.instances)
+            ],
             "runners": {
                 spec: {
                     "pid": child.pid,

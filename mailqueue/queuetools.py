@@ -2,7 +2,7 @@
 
 Modelled on Postfix's ``postqueue -p`` and ``postsuper -d/-h/-H/-r``.  Every
 action is one rename (or one unlink) of an entry that waits: a queued
-``.pck``, a preserved ``.psv`` in ``bad``, or a held entry.  It never
+``.pck`` (in ``bad`` too), a preserved ``.psv``, or a held entry.  It never
 replaces a file, it is made durable by flushing the directories it changed,
 and it is logged to ``mailqueue.admin``.  An entry a runner has taken
 (``.bak``) is never touched: a rename that loses the race to the runner
@@ -38,6 +38,7 @@ __all__ = [
     "QueueEntry",
     "Unshunted",
     "age",
+    "count_entries",
     "delete",
     "dump_msgdata",
     "hold",
@@ -97,29 +98,53 @@ class QueueEntry:
     def held(self) -> bool:
         return self.queue.startswith("hold/")
 
+    @property
+    def preserved(self) -> bool:
+        """Whether it is set aside (a ``.psv``), for a person to look at."""
+        return self.path.endswith(".psv")
+
 
 def hold_directory(queue: str) -> str:
     """Where the entries held from *queue* wait."""
     return os.path.join(config.QUEUE_DIR, "hold", queue)
 
 
-def _directories() -> list[tuple[str, str, str]]:
-    """Each place entries wait: (queue, directory, extension)."""
-    places = []
+#: The extensions of the entries that wait in a queue: queued, preserved.
+_WAITING = (".pck", ".psv")
+
+
+def _directories() -> list[tuple[str, str, tuple[str, ...]]]:
+    """Each place entries wait: (queue, directory, extensions)."""
+    places: list[tuple[str, str, tuple[str, ...]]] = []
     for name in sorted(config.runners):
         path = config.runners[name].path
         if path:
-            places.append((name, path, ".psv" if name == "bad" else ".pck"))
+            places.append((name, path, _WAITING))
     for name in sorted(config.runners):
-        places.append((f"hold/{name}", hold_directory(name), ".pck"))
+        places.append((f"hold/{name}", hold_directory(name), (".pck",)))
     return places
+
+
+def count_entries(directory: str, extensions: Iterable[str] = _WAITING) -> int:
+    """How many entries with *extensions* are in *directory* (none if it is not)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    wanted = tuple(extensions)
+    return sum(
+        1
+        for name in names
+        if name.endswith(wanted)
+        and qfile.parse_filebase(os.path.splitext(name)[0]) is not None
+    )
 
 
 def list_entries(queues: Iterable[str] | None = None) -> list[QueueEntry]:
     """The entries waiting in *queues* (all of them, held ones too), oldest first."""
     wanted = set(queues) if queues is not None else None
     found = []
-    for queue, directory, extension in _directories():
+    for queue, directory, extensions in _directories():
         if (
             wanted is not None
             and queue not in wanted
@@ -133,7 +158,7 @@ def list_entries(queues: Iterable[str] | None = None) -> list[QueueEntry]:
         for name in names:
             base, ext = os.path.splitext(name)
             parsed = qfile.parse_filebase(base)
-            if ext == extension and parsed is not None:
+            if ext in extensions and parsed is not None:
                 found.append(_read(queue, os.path.join(directory, name), parsed))
     return sorted(found, key=lambda entry: (entry.when, entry.filebase))
 
@@ -200,8 +225,11 @@ def hold(entry: QueueEntry) -> str:
     """Hold *entry*: no runner sees it until it is released.  Return where it is."""
     if entry.held:
         raise EntryError(f"{entry.filebase} is held already")
-    if entry.queue == "bad":
-        raise EntryError(f"{entry.filebase} is preserved in bad: requeue it instead")
+    if entry.queue == "bad" or entry.preserved:
+        # Nothing takes it from there: holding it would change nothing.
+        raise EntryError(
+            f"{entry.filebase} is preserved in {entry.queue}: requeue it instead"
+        )
     target = os.path.join(hold_directory(entry.queue), entry.filebase + ".pck")
     qfile.make_directories(os.path.dirname(target))
     _move(entry, target)
@@ -323,7 +351,8 @@ def age(entry: QueueEntry, now: float | None = None) -> str:
 
 
 def queue_counts() -> dict[str, dict[str, int]]:
-    """Each queue's entries by extension: ``pck``, ``bak``, ``psv`` and ``tmp``.
+    """Each queue's entries by extension: ``pck``, ``bak``, ``psv`` and ``tmp``,
+    and ``held``: those held from it (see :func:`hold`).
 
     Counting creates nothing: a queue whose directory is not there has none.
     """
@@ -332,14 +361,15 @@ def queue_counts() -> dict[str, dict[str, int]]:
         path = config.runners[name].path
         if path is None or not os.path.isdir(path):
             counts[name] = {"pck": 0, "bak": 0, "psv": 0, "tmp": 0}
-            continue
-        queue = config.switchboards[name]
-        counts[name] = {
-            extension[1:]: len(queue.get_files(extension))
-            for extension in (".pck", ".bak", ".psv")
-        }
-        # Entries being written, or left by a writer that died.
-        counts[name]["tmp"] = len(queue.get_temporary_files())
+        else:
+            queue = config.switchboards[name]
+            counts[name] = {
+                extension[1:]: len(queue.get_files(extension))
+                for extension in (".pck", ".bak", ".psv")
+            }
+            # Entries being written, or left by a writer that died.
+            counts[name]["tmp"] = len(queue.get_temporary_files())
+        counts[name]["held"] = count_entries(hold_directory(name), (".pck",))
     return counts
 
 

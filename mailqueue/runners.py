@@ -1,8 +1,9 @@
 """The built-in runners: enough for a message to go from ``in`` to a mailbox.
 
 ``in`` stamps a message with its list's ``List-Id`` and passes it to
-``out``; ``out`` delivers it to the list's Maildir under the var directory,
-and hands it to ``retry`` if delivery fails, or gives up on it, into
+``out``; ``out`` delivers it to the list's Maildir under the var directory
+(as the bytes it came as, 8-bit text and all), and hands it to ``retry`` if
+delivery fails, or gives up on it, into
 ``bad``, once it has waited ``[queues] max_queue_lifetime``; ``retry`` gives
 it back to ``out`` once per ``sleep_time``; ``virgin`` passes messages the
 system made itself to ``out``.  Every entry they queue carries its history
@@ -14,6 +15,9 @@ not Mailman.
 
 from __future__ import annotations
 
+import copy
+import email.generator
+import io
 import logging
 import mailbox
 import os
@@ -27,7 +31,14 @@ from mailqueue.message import Message
 from mailqueue.qfile import fsync_directory, one_line
 from mailqueue.runner import Runner, _message_id
 
-__all__ = ["IncomingRunner", "OutgoingRunner", "RetryRunner", "VirginRunner", "maildir"]
+__all__ = [
+    "IncomingRunner",
+    "OutgoingRunner",
+    "RetryRunner",
+    "VirginRunner",
+    "maildir",
+    "message_bytes",
+]
 
 elog = logging.getLogger("mailqueue.error")
 delivery_log = logging.getLogger("mailqueue.delivery")
@@ -171,6 +182,46 @@ def _duration(seconds: float) -> str:
     return f"{whole}s"
 
 
+def message_bytes(msg: Message) -> bytes:
+    """*msg* as the bytes its Maildir gets: as ``mailbox`` would write it.
+
+    But for a message with text that is not ASCII where the email package
+    wants 7 bits (a body of 8-bit text ``mailqueue inject`` read as UTF-8),
+    which ``mailbox`` cannot write: that one is written as the bytes it
+    was read from, each character that is not ASCII as UTF-8 and each byte
+    that was not UTF-8 as it came.
+    """
+    try:
+        return _flattened(msg)
+    except UnicodeEncodeError:
+        # The email package writes back as they were the bytes it could not
+        # decode: make every byte that is not ASCII one of those.
+        raw = copy.deepcopy(msg)
+        for part in raw.walk():
+            headers = list(part.raw_items())
+            for name in {name.lower() for name, _ in headers}:
+                del part[name]
+            for name, value in headers:
+                part[name] = _as_bytes_read(value)
+            # Not get_payload(), which fails on such text as the generator does.
+            part.set_payload(_as_bytes_read(part.__dict__["_payload"]))
+        return _flattened(raw)
+
+
+def _flattened(msg: Message) -> bytes:
+    flattened = io.BytesIO()
+    email.generator.BytesGenerator(flattened, False, 0).flatten(msg)
+    return flattened.getvalue()
+
+
+def _as_bytes_read(text: Any) -> Any:
+    """*text* as if the email package had read it from its bytes (a list of
+    parts, or a header object, as it is)."""
+    if not isinstance(text, str):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("ascii", "surrogateescape")
+
+
 def _deliver(directory: str, msg: Message) -> None:
     # Maildir(create=True) is not safe against another runner making the
     # same Maildir at the same moment: it skips tmp/, new/ and cur/ when the
@@ -181,7 +232,7 @@ def _deliver(directory: str, msg: Message) -> None:
     for folder in ("tmp", "new", "cur"):
         os.makedirs(os.path.join(directory, folder), mode=0o700, exist_ok=True)
     box = mailbox.Maildir(directory, create=False)
-    key = box.add(msg)
+    key = box.add(message_bytes(msg))
     # The queue entry is finished after this returns, so the delivery must
     # be on disk first: the file, then its name.  A message that is not a
     # MaildirMessage is always added to new/.

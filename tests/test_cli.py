@@ -22,6 +22,7 @@ COMMANDS = [
     "stop",
     "status",
     "restart",
+    "reload",
     "runner",
     "inject",
     "qfile",
@@ -124,7 +125,17 @@ def test_a_wrong_command_line_is_a_usage_error_with_status_2(capsys):
         (["qfile", "/nonexistent.pck"], "no such file: /nonexistent.pck"),
         (
             ["qfile", "GARBAGE"],
-            "garbage.pck: not a queue entry: the pickle is truncated",
+            "garbage.pck: not a queue file (a queue file is a pickle, which begins "
+            "with byte 0x80; this one begins b'Subject: not a p')",
+        ),
+        (
+            ["qfile", "EMPTY"],
+            "empty.eml: not a queue file (a queue file is a pickle, which begins "
+            "with byte 0x80; this one is empty)",
+        ),
+        (
+            ["qfile", "DAMAGED"],
+            "damaged.pck: not a queue entry: the pickle is truncated",
         ),
     ],
 )
@@ -139,11 +150,13 @@ def test_bad_input_is_one_line_and_status_1(
     (tmp_path / "empty.eml").write_text("")
     (tmp_path / "prose.eml").write_text("Just a line of prose, no headers.\n")
     (tmp_path / "garbage.pck").write_bytes(b"Subject: not a pickle\n")
+    (tmp_path / "damaged.pck").write_bytes(b"\x80\x04\x95")
     files = {
         "MESSAGE": message_file,
         "EMPTY": str(tmp_path / "empty.eml"),
         "PROSE": str(tmp_path / "prose.eml"),
         "GARBAGE": str(tmp_path / "garbage.pck"),
+        "DAMAGED": str(tmp_path / "damaged.pck"),
     }
     arguments = [files.get(argument, argument) for argument in arguments]
     for name, path in files.items():

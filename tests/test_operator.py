@@ -71,7 +71,7 @@ def test_status_shows_every_slice_and_a_slice_standing_by(site):
     assert report["runners"]["out:0:1"]["state"] == "not started"
     assert "bad:0:1" not in report["runners"]  # held: nothing runs it
     text = site.run("status").stdout.splitlines()
-    assert text[1].startswith("  runner in:0:1       standing by pid ")
+    assert text[2].startswith("  runner in:0:1       standing by pid ")
     del owner
     wait_for(
         lambda: (
@@ -284,7 +284,8 @@ def test_requeue_out_of_bad_and_the_mistakes(capsys, var_dir):
     assert run(capsys, "requeue", "--to", "nosuch", preserved) == (
         1,
         "",
-        "mailqueue: error: no queue is called 'nosuch'\n",
+        "mailqueue: error: no queue is called 'nosuch' (queues: bad, in, out, "
+        "retry, shunt, virgin)\n",
     )
     assert run(capsys, "release", preserved) == (
         1,

@@ -26,7 +26,7 @@ def test_the_five_minute_walk_through(tmp_path):
     lines = result.stdout.splitlines()
     assert "created test@example.com (list-id test.example.com)" in lines
     assert any(line.startswith("mailqueue master started (pid ") for line in lines)
-    assert any(re.fullmatch(r"in +0 +0 +0 +0", line) for line in lines)
+    assert any(re.fullmatch(r"in +0 +0 +0 +0 +0", line) for line in lines)
     assert len(os.listdir(tmp_path / "var/lists/test.example.com/new")) == 1
     assert any(
         re.fullmatch(r"mailqueue master \(pid \d+\) stopped", line) for line in lines
