@@ -109,7 +109,7 @@ mailman-plugin-test: $(STAMP)
 		-W ignore::DeprecationWarning
 
 mailman-plugin-full: $(STAMP)
-	$(BIN)/python tests/mailman_plugin/mailman_suite.py --full
+	$(BIN)/python tests/mailman_plugin/mailman_suite.py --full --report build/mailman-plugin/full.json
 
 # System packages come from Debian's archive, installed when missing.
 APT_INSTALL = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq

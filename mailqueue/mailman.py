@@ -47,12 +47,12 @@ READERS = (
 
 
 class _Unpickler(safepickle.SafeUnpickler):
-    # What pickle.load would build, for the names safepickle allows: the
-    # message classes a file names (Mailman's own among them), not the
-    # mailqueue class its own loader reads them as.
+    # What pickle.load would build, for the names safepickle allows: what
+    # a file names (Mailman's own message classes and time zone among them),
+    # not the stand-ins mailqueue's own loader reads them as.
     def find_class(self, module: str, name: str) -> Any:
         found = super().find_class(module, name)  # refuses what is not allowed
-        if found is message.Message:
+        if found is message.Message or module.startswith("mailman."):
             return pickle.Unpickler.find_class(self, module, name)
         return found
 

@@ -58,6 +58,7 @@ import email.mime.nonmultipart
 import email.mime.text
 import inspect
 import io
+import mailbox
 import pickle
 import pickletools
 from collections.abc import Sequence
@@ -123,6 +124,8 @@ _MESSAGE_CLASSES: list[type] = [
     email.mime.multipart.MIMEMultipart,
     email.mime.nonmultipart.MIMENonMultipart,
     email.mime.text.MIMEText,
+    # GNU Mailman's MIME digests hold the messages of its digest mailbox.
+    mailbox.MMDFMessage,
     Message,
 ]
 _POLICY = email._policybase.Compat32
@@ -131,7 +134,16 @@ _DEFECTS = [
     for value in vars(email.errors).values()
     if inspect.isclass(value) and issubclass(value, email.errors.MessageDefect)
 ]
+
+
+def _mailman_utc() -> datetime.tzinfo:
+    # GNU Mailman's UTC time zone (mailman.utilities.datetime.UTC), made
+    # with no arguments: read as the standard library's.
+    return datetime.timezone.utc
+
+
 _VALUES = [
+    _mailman_utc,
     datetime.date,
     datetime.datetime,
     datetime.time,
@@ -151,6 +163,7 @@ _ALLOWED.update(
         ("mailman.email.message", "UserNotification"): Message,
         ("mailman.email.message", "OwnerNotification"): Message,
         ("mailman.email.message", "MultipartDigestMessage"): Message,
+        ("mailman.utilities.datetime", "UTC"): _mailman_utc,
         # What mailqueue writes its own messages as (see qfile.dump_checked).
         ("email.message", "Message"): Message,
         # What protocols 0 to 2 need to rebuild objects and bytes, under both
@@ -769,6 +782,10 @@ class _Checker:
             if kinds not in ([_STR], [_STR, _STR]):
                 raise self.refuse("decodes bytes from something that is not text")
             kind = _BYTES
+        elif function is _mailman_utc:
+            if kinds:
+                raise self.refuse("makes GNU Mailman's UTC time zone with arguments")
+            kind = _VALUE
         elif function in _DEFECTS or function in _VALUES:
             if any(kind not in _SCALARS for kind in kinds):
                 raise self.refuse(f"calls {name} with more than plain values")

@@ -6,7 +6,9 @@ refusals and limits, each shown by a pickle made for it.
 """
 
 import datetime
+import email.mime.multipart
 import email.policy
+import mailbox
 import pickle
 
 import pytest
@@ -323,3 +325,39 @@ def test_calling_a_message_is_refused_and_names_its_class():
     refusal = f"the pickle calls a MIMEText \\(at byte {len(made) + 1}\\)"
     with pytest.raises(safepickle.PickleRefused, match=refusal):
         safepickle.check(data)
+
+
+# What GNU Mailman itself writes into its queues, and its own loader reads:
+# pickle.dumps(datetime.datetime(2020, 1, 1, tzinfo=mailman.utilities.datetime.utc), 5)
+MAILMAN_UTC_DATETIME = (
+    b"\x80\x05\x95R\x00\x00\x00\x00\x00\x00\x00\x8c\x08datetime\x94\x8c\x08"
+    b"datetime\x94\x93\x94C\n\x07\xe4\x01\x01\x00\x00\x00\x00\x00\x00\x94\x8c"
+    b"\x1amailman.utilities.datetime\x94\x8c\x03UTC\x94\x93\x94)R\x94\x86\x94R\x94."
+)
+
+
+def test_a_date_in_gnu_mailmans_utc_is_read_in_the_standard_librarys():
+    assert safepickle.check(MAILMAN_UTC_DATETIME) == (
+        "other",
+        len(MAILMAN_UTC_DATETIME),
+    )
+    assert safepickle.load(MAILMAN_UTC_DATETIME) == datetime.datetime(
+        2020, 1, 1, tzinfo=datetime.UTC
+    )
+    # Made with no arguments, and only so.
+    called = MAILMAN_UTC_DATETIME.replace(b")R", b"K\x01\x85R")
+    with pytest.raises(safepickle.PickleRefused):
+        safepickle.check(called)
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_the_parts_of_a_gnu_mailman_digest_are_read(protocol):
+    # Mailman's MIME digests hold mailbox.MMDFMessage parts.
+    part = mailbox.MMDFMessage(message_from_string("Subject: part\n\nOne.\n"))
+    digest = email.mime.multipart.MIMEMultipart()
+    digest.attach(part)
+    data = pickle.dumps(digest, protocol)
+    assert safepickle.check(data) == ("message", len(data))
+    [read] = safepickle.load(data).get_payload()
+    assert type(read) is mailbox.MMDFMessage
+    assert read["subject"] == "part" and read.get_from() == part.get_from()

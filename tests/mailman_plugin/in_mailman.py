@@ -248,3 +248,29 @@ def test_a_copy_of_a_refused_file_is_still_refused(tmp_path):
         with open(tmp_path / name, "rb") as stream, pytest.raises(PickleRefused):
             plugin.load(stream)
     assert not marker.exists()
+
+
+def test_what_mailman_writes_of_digests_and_dates(mailman, tmp_path, without_plugin):
+    # A MIME digest's parts are mailbox.MMDFMessage objects, and Mailman's
+    # dates carry its own UTC time zone: both read as pickle reads them.
+    import datetime
+    import email.mime.multipart
+    import mailbox
+
+    from mailman.utilities.datetime import utc
+
+    digest = email.mime.multipart.MIMEMultipart()
+    digest.attach(mailbox.MMDFMessage(mailman["message_from_string"](TEXT)))
+    data = {
+        "listid": "test.example.com",
+        "when": datetime.datetime(2020, 1, 1, tzinfo=utc),
+    }
+    queue = switchboard(mailman, tmp_path)
+    plugin.install()
+    filebase = queue.enqueue(digest, data)
+    msg, read = queue.dequeue(filebase)
+    [part] = msg.get_payload()
+    assert type(part) is mailbox.MMDFMessage
+    assert part.as_string() == digest.get_payload(0).as_string()
+    assert read["when"] == data["when"]
+    assert type(read["when"].tzinfo) is type(utc)  # a new one, as pickle makes
