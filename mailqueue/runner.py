@@ -653,8 +653,15 @@ _KEYS_KEPT = 1000
 
 
 def _message_id(msg: Message) -> str:
-    """The Message-ID of *msg*, from a queue file, for a log: ``<>`` if it has none."""
-    value = msg.get("message-id")
+    """The Message-ID of *msg*, from a queue file, for a log: ``<>`` if it has none.
+
+    A message built from a queue file may have any state the checks let
+    through: one whose headers cannot be read has none, as far as a log goes.
+    """
+    try:
+        value = msg.get("message-id")
+    except Exception:
+        return "<>"
     return "<>" if value is None else one_line(value)
 
 

@@ -44,7 +44,9 @@ def test_a_broken_link_anchor_or_image_is_reported(tmp_path):
 def test_every_public_name_has_a_docstring():
     undocumented = []
     for module in pkgutil.walk_packages(mailqueue.__path__, "mailqueue."):
-        if module.name.endswith("__main__"):
+        # mailqueue.mailman imports GNU Mailman, which this process must not
+        # (tests/mailman_plugin/in_mailman.py checks its docstrings there).
+        if module.name.endswith("__main__") or module.name == "mailqueue.mailman":
             continue
         loaded = importlib.import_module(module.name)
         assert loaded.__doc__, module.name

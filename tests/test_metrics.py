@@ -326,7 +326,10 @@ def test_a_queue_directory_that_is_a_file_is_one_line(capsys, var_dir):
     path = block("out")
     status, out, err = run(capsys, "metrics")
     assert (status, out) == (1, "")
-    assert err == f"mailqueue: error: [Errno 20] Not a directory: '{path}'\n"
+    assert err == (
+        f"mailqueue: error: the directory of the out queue, {path}, is not a "
+        "directory\n"
+    )
 
 
 def test_output_is_written_atomically_for_the_textfile_collector(capsys, var_dir):

@@ -274,3 +274,13 @@ def test_what_mailman_writes_of_digests_and_dates(mailman, tmp_path, without_plu
     assert part.as_string() == digest.get_payload(0).as_string()
     assert read["when"] == data["when"]
     assert type(read["when"].tzinfo) is type(utc)  # a new one, as pickle makes
+
+
+def test_every_public_name_of_the_plugin_has_a_docstring():
+    # (tests/test_docs_check.py checks every other module, in a process
+    # that must not import Mailman.)
+    assert plugin.__doc__
+    for name in plugin.__all__:
+        value = getattr(plugin, name)
+        if callable(value):
+            assert (value.__doc__ or "").strip(), name
