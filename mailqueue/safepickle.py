@@ -139,10 +139,10 @@ _DEFECTS = [
 def _mailman_utc() -> datetime.tzinfo:
     # GNU Mailman's UTC time zone (mailman.utilities.datetime.UTC), made
     # with no arguments: read as the standard library's.
-    return datetime.timezone.utc
+    return datetime.UTC
 
 
-_VALUES = [
+_VALUES: list[Any] = [
     _mailman_utc,
     datetime.date,
     datetime.datetime,
