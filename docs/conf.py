@@ -31,10 +31,11 @@ nitpicky = True
 # library; references to its classes in signatures are left unresolved.
 # (pytest's and Sybil's classes appear in the conformance plugin's and
 # report's signatures, argparse's in the conformance command's, and
-# pickle.Unpickler as the base of safepickle.SafeUnpickler.)
+# pickle.Unpickler as the base of safepickle.SafeUnpickler; the pages name
+# mailbox.MMDFMessage, of GNU Mailman's digests.)
 _UNRESOLVED = (
     "argparse collections email datetime sqlite3 types typing logging pathlib pytest"
-    " pickle sybil"
+    " mailbox pickle sybil"
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"_?({'|'.join(_UNRESOLVED.split())})(\..*)?"),

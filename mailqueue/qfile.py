@@ -85,13 +85,15 @@ DIGEST_BITS = 160
 #: The largest entry read or written, in bytes, unless the queue says otherwise.
 MAX_ENTRY_SIZE = 32 * 2**20
 
-#: The reserved metadata keys of an entry's history, kept from queue to queue
-#: (see "What a file holds" in docs/queue-files.rst): when the message was
-#: first queued (seconds since the epoch), how many times a runner failed on
-#: it, and why it failed last, in one line.  No underscore: a writer keeps
-#: them, GNU Mailman's too, and Mailman's runners read none of them.
+# The reserved metadata keys of an entry's history, kept from queue to queue
+# (see "What a file holds" in docs/queue-files.rst).  No underscore: a writer
+# keeps them, GNU Mailman's too, and Mailman's runners read none of them.
+#: The reserved key of when the entry's message was first queued (seconds
+#: since the epoch).
 FIRST_QUEUED = "mq_first_queued"
+#: The reserved key of how many times a runner failed on the entry.
 ATTEMPTS = "mq_attempts"
+#: The reserved key of why a runner failed on the entry last, in one line.
 REASON = "mq_reason"
 
 #: What a file base is: ``<time>+<digest>``.

@@ -28,6 +28,8 @@ COMMANDS = [
     "qfile",
     "unshunt",
     "queues",
+    "metrics",
+    "service-files",
     "lists",
 ]
 

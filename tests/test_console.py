@@ -2,6 +2,7 @@
 
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 from sybil import Sybil
@@ -160,3 +161,19 @@ def test_a_page_without_a_session_ends_none():
     namespace = {}
     end_session(namespace)
     assert namespace == {}
+
+
+@pytest.mark.parametrize(
+    "name, least", [("operating", 40), ("service", 5), ("troubleshooting", 30)]
+)
+def test_the_operators_pages_are_shell_sessions_that_run(name, least):
+    # The pages show the command as a terminal shows it, and the tests run
+    # it so: not as calls of mailqueue.cli.main from Python.
+    path = Path(__file__).resolve().parent.parent / "docs" / f"{name}.rst"
+    commands = [
+        command
+        for example in Sybil([ConsoleParser()]).parse(path).examples()
+        for command in example.parsed[1]
+    ]
+    assert len(commands) >= least
+    assert "mailqueue.cli import main" not in path.read_text()

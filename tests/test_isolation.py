@@ -11,9 +11,12 @@ from mailqueue import config, message_from_string
 from mailqueue.testing import isolated_state
 
 ROOT = Path(__file__).resolve().parent.parent
-# The documents that hold examples (the landing page has none).
+# The documents that hold examples: doctests, or shell sessions that run (the
+# landing page has neither).
 DOCUMENTS = sorted(
-    str(path) for path in (ROOT / "docs").glob("*.rst") if ">>>" in path.read_text()
+    str(path)
+    for path in (ROOT / "docs").glob("*.rst")
+    if ">>>" in path.read_text() or ".. console-sessions: run" in path.read_text()
 )
 
 
