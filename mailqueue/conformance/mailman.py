@@ -87,6 +87,7 @@ class MailmanAdapter(Adapter):
                 (R, "When things go wrong", "show_log('error')"),
                 (R, "When things go wrong", "show_log('error') #2"),
                 (R, "When things go wrong", "show_log('error') #3"),
+                (R, "When things go wrong", "show_log('error') #4"),
             ],
             "a message shunted for a missing list gets no whichq": [
                 (R, "When things go wrong", "print(msgdata['whichq'])"),
