@@ -3,11 +3,21 @@
 
 PYTHON ?= python3
 IMPL   ?= mailqueue
-CLUSTER_REPORT ?= docs/cluster-run.json
-CRASH_REPORT ?= docs/crash-run.json
 # Which GNU Mailman releases conformance-matrix runs (all, by default).
 RELEASES ?=
-MATRIX_REPORT ?= docs/conformance-matrix.json
+
+# The reports of the full runs (fuzz, soak, crash-test, bench, cluster-test,
+# conformance-matrix, mailman-plugin-test) go to build/reports, never over
+# the copies in docs/ that the published pages show: make publish copies
+# them there, when a run is one to publish.
+REPORTS        ?= build/reports
+FUZZ_REPORT    ?= $(REPORTS)/reliability-run.json
+SOAK_REPORT    ?= $(REPORTS)/soak-run.json
+CRASH_REPORT   ?= $(REPORTS)/crash-run.json
+BENCH_REPORT   ?= $(REPORTS)/bench-run.json
+CLUSTER_REPORT ?= $(REPORTS)/cluster-run.json
+MATRIX_REPORT  ?= $(REPORTS)/conformance-matrix.json
+PLUGIN_REPORT  ?= $(REPORTS)/mailman-plugin-run.json
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -25,7 +35,8 @@ endif
 
 .PHONY: help test strace crash-test coverage coverage-data coverage-report docs docs-check lint bench fuzz soak conformance conformance-results interop mailman-site-test \
 	mailman-plugin-test mailman-plugin-full \
-	spec-postgresql postgresql-server cluster-servers cluster-test conformance-matrix clean
+	spec-postgresql postgresql-server cluster-servers cluster-test conformance-matrix \
+	publish isolation clean
 
 help:
 	@echo "make test   run the spec (docs/*.rst) and the tests"
@@ -36,25 +47,29 @@ help:
 	@echo "            tests start (at least 100 %); HTML in build/coverage/html"
 	@echo "make bench  what the queue costs, beside GNU Mailman and the bare system calls"
 	@echo "make fuzz   the full hostile-file run (10,000+ cases, a few minutes);"
-	@echo "            its figures go to docs/reliability-run.json"
+	@echo "            its figures go to $(FUZZ_REPORT)"
 	@echo "make crash-test  every state a crash (a power loss) can leave, for every"
 	@echo "            queue operation, recovered and checked; figures go to"
-	@echo "            docs/crash-run.json"
+	@echo "            $(CRASH_REPORT)"
 	@echo "make soak   the full kill -9 soak (10,000 messages, 250 runner kills) and"
-	@echo "            churn; its figures go to docs/soak-run.json"
+	@echo "            churn; its figures go to $(SOAK_REPORT)"
 	@echo "make conformance IMPL=NAME  run the spec against an implementation"
 	@echo "                 (mailqueue, mailman, or package.module:adapter)"
 	@echo "make interop     exchange queue files between mailqueue and GNU Mailman"
 	@echo "make mailman-site-test  mailqueue's tools on a running GNU Mailman site"
 	@echo "make mailman-plugin-test  mailqueue's Mailman plugin: Mailman's core, runners and"
 	@echo "                 commands tests with and without it, and the hostile corpus in"
-	@echo "                 a running Mailman both ways (figures: docs/mailman-plugin-run.json)"
+	@echo "                 a running Mailman both ways (figures: $(PLUGIN_REPORT))"
 	@echo "make mailman-plugin-full  the whole of Mailman's own suite, with and without it"
 	@echo "make conformance-matrix  the spec against every GNU Mailman 3 release, each in"
 	@echo "                 its own venv under build/matrix; the table goes to"
-	@echo "                 docs/conformance-matrix.json (RELEASES=\"3.3.0 3.3.10\" for some)"
+	@echo "                 $(MATRIX_REPORT) (RELEASES=\"3.3.0 3.3.10\" for some)"
 	@echo "make cluster-test  two hosts on a GlusterFS volume and PostgreSQL, one killed;"
-	@echo "            its figures go to docs/cluster-run.json"
+	@echo "            its figures go to $(CLUSTER_REPORT)"
+	@echo "make publish  copy the reports of those runs that are in $(REPORTS) into"
+	@echo "            docs/, whose pages show them (make bench etc. write only to build/)"
+	@echo "make isolation  the spec documents in reverse order in one process (make test"
+	@echo "            runs them in order, and each alone)"
 	@echo "make spec-postgresql  run the spec with its lists in a throwaway PostgreSQL"
 	@echo "                 server (Debian's postgresql is installed if missing)"
 	@echo "make clean  remove build output and the virtual environment"
@@ -85,8 +100,22 @@ CONFORMANCE_SOURCES := $(wildcard docs/*.rst mailqueue/*.py mailqueue/conformanc
 conformance-results: build/conformance/mailqueue/report.json \
 	build/conformance/mailman/report.json
 
+# Exit status 1 with a report written is a result (a non-conformant
+# implementation, whose table the docs show too); any other failure stops
+# here.  Either way the run's output stays in run.log beside the report.
 build/conformance/%/report.json: $(STAMP) $(CONFORMANCE_SOURCES) | $(MEASURED)
-	-$(CONFORMANCE) $* --report build/conformance/$* > /dev/null
+	@mkdir -p $(@D) && rm -f $@
+	@echo "conformance of $*: the spec runs, its output goes to $(@D)/run.log"
+	@status=0; $(CONFORMANCE) $* --report $(@D) > $(@D)/run.log 2>&1 || status=$$?; \
+	tail -n 1 $(@D)/run.log; \
+	if [ $$status -eq 1 ] && [ -f $@ ]; then \
+		echo "$* does not conform (exit status 1): see $(CURDIR)/$(@D)/run.log"; \
+	elif [ $$status -ne 0 ]; then \
+		echo "the conformance run of $* failed (exit status $$status):" \
+			"see $(CURDIR)/$(@D)/run.log" >&2; \
+		rm -f $@; \
+		exit 1; \
+	fi
 
 conformance-matrix: $(STAMP)
 	$(BIN)/python tests/matrix/matrix.py --report $(MATRIX_REPORT) \
@@ -103,7 +132,6 @@ mailman-site-test: $(STAMP)
 
 # mailqueue's GNU Mailman plugin (mailqueue/mailman.py), in GNU Mailman 3.3.10's
 # own venv with this checkout's wheel; also part of make test (CI writes no report).
-PLUGIN_REPORT ?= docs/mailman-plugin-run.json
 mailman-plugin-test: $(STAMP)
 	MAILQUEUE_PLUGIN_REPORT=$(PLUGIN_REPORT) $(BIN)/python -m pytest tests/mailman_plugin \
 		-W ignore::DeprecationWarning
@@ -111,18 +139,25 @@ mailman-plugin-test: $(STAMP)
 mailman-plugin-full: $(STAMP)
 	$(BIN)/python tests/mailman_plugin/mailman_suite.py --full --report build/mailman-plugin/full.json
 
-# System packages come from Debian's archive, installed when missing.
-APT_INSTALL = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+# System packages come from Debian's archive, the one way every target gets
+# them: $(call apt-install,CHECK,PACKAGE...) installs the packages unless the
+# shell command CHECK succeeds (they are there), with one update of the
+# package index and without the packages they merely recommend (a
+# recommendation that matters is named).
+apt-install = $(1) > /dev/null 2>&1 || { apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		$(2) > /dev/null; }
 
 docs: $(STAMP) conformance-results
-	@command -v dot > /dev/null || $(APT_INSTALL) graphviz
+	@# graphviz's dot draws the pictures, in the fonts it recommends.
+	@$(call apt-install,command -v dot,graphviz fonts-liberation2)
 	@# From scratch: viewcode keeps any page newer than its module, stale or not.
 	rm -rf build/html
 	$(BIN)/python -m sphinx -W -n --keep-going -q -b html docs build/html
 	@echo "The documentation is in $(CURDIR)/build/html/index.html"
 
 docs-check: docs
-	@command -v chromium > /dev/null || $(APT_INSTALL) chromium
+	@$(call apt-install,command -v chromium,chromium)
 	$(BIN)/python tests/browser/check_site.py build/html --screenshots build/screenshots
 
 lint: $(STAMP)
@@ -152,31 +187,51 @@ coverage-report: $(STAMP)
 
 # The full hostile-file run; make test runs a reduced one (tests/hostile).
 fuzz: $(STAMP)
-	$(BIN)/python tests/hostile/fuzz.py --cases 10000 --report docs/reliability-run.json
+	mkdir -p $(dir $(FUZZ_REPORT))
+	$(BIN)/python tests/hostile/fuzz.py --cases 10000 --report $(FUZZ_REPORT)
 
 # Debian's strace, which the crash test records each operation's calls with.
 strace:
-	@command -v strace > /dev/null || { $(APT_INSTALL) --no-install-recommends strace; }
+	@$(call apt-install,command -v strace,strace)
 
 # Every state a crash can leave, for every queue operation, each state tried
 # (make test runs a reduced one: tests/crash).  Its figures go to
-# docs/crash-run.json.
+# $(CRASH_REPORT).
 crash-test: $(STAMP) strace
+	mkdir -p $(dir $(CRASH_REPORT))
 	$(BIN)/python tests/crash/crash.py --full --report $(CRASH_REPORT)
 
 # The full kill -9 soak and churn; make test runs reduced ones (tests/soak).
 soak: $(STAMP)
-	$(BIN)/python tests/soak/soak.py --report docs/soak-run.json
+	mkdir -p $(dir $(SOAK_REPORT))
+	$(BIN)/python tests/soak/soak.py --report $(SOAK_REPORT)
 
 bench: $(STAMP)
-	$(BIN)/python -W ignore::DeprecationWarning tests/bench/bench_queue.py --json docs/bench-run.json
+	$(BIN)/python -W ignore::DeprecationWarning tests/bench/bench_queue.py --json $(BENCH_REPORT)
+
+# The reports of the full runs above, copied from $(REPORTS) into docs/
+# (those there: a run not made is not published), for make docs to show.
+PUBLISHED := reliability-run soak-run crash-run bench-run cluster-run \
+	conformance-matrix mailman-plugin-run
+publish:
+	@copied=0; for name in $(PUBLISHED); do \
+		if [ -f $(REPORTS)/$$name.json ]; then \
+			cp $(REPORTS)/$$name.json docs/$$name.json; \
+			echo "published $(REPORTS)/$$name.json as docs/$$name.json"; \
+			copied=$$((copied + 1)); \
+		fi; \
+	done; \
+	[ $$copied -gt 0 ] || echo "nothing to publish: no report in $(REPORTS)"
+
+# The spec documents in reverse order, in one process: a document that
+# leaves state behind which an earlier one trips over.  Not part of make
+# test (see tests/test_isolation.py for what that checks, and why).
+isolation: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $$(LC_ALL=C ls -r docs/*.rst)
 
 # Debian's PostgreSQL server, for the spec run against it.
 postgresql-server:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-		apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			postgresql >/dev/null; }
+	@$(call apt-install,ls /usr/lib/postgresql/*/bin/initdb,postgresql)
 
 # The spec with the list database in PostgreSQL (a throwaway server on
 # loopback, stopped afterwards whatever happens), and the list tests.
@@ -186,10 +241,7 @@ spec-postgresql: $(STAMP) postgresql-server $(MEASURED)
 
 # Debian's GlusterFS server and client, and PostgreSQL, for the cluster test.
 cluster-servers: postgresql-server
-	@command -v glusterd >/dev/null 2>&1 || { \
-		apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			glusterfs-server glusterfs-client >/dev/null; }
+	@$(call apt-install,command -v glusterd,glusterfs-server glusterfs-client)
 
 # Two hosts (two mounts of one volume) with a real kill; everything it
 # starts it stops, even when it fails.

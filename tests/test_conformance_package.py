@@ -7,6 +7,7 @@ implementation outside mailqueue) is installed beside it and checked the
 same way, once as it is and once with the difference planted in it.
 """
 
+import ast
 import doctest
 import json
 import os
@@ -14,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -298,6 +300,61 @@ def test_an_unknown_adapter_is_one_line(venv, empty):
         "mailqueue conformance: error: cannot load the adapter 'no.such.adapter': "
         "No module named 'no'\n"
     )
+
+
+#: The import name of each distribution the conformance extra may declare.
+IMPORT_NAMES = {
+    "pytest": "pytest",
+    "pytest-timeout": "pytest_timeout",
+    "sybil": "sybil",
+}
+
+
+def _needed_by_the_conformance_package():
+    """What mailqueue.conformance imports, or looks for, beyond the standard library.
+
+    GNU Mailman's adapter is left out: it needs the ``mailman`` extra.
+    """
+    needed = set()
+    for path in (ROOT / "mailqueue" / "conformance").glob("*.py"):
+        if path.name == "mailman.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                needed.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                needed.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Call) and (
+                getattr(node.func, "attr", None) == "find_spec"
+            ):
+                # An optional plugin, used when it is there: find_spec("name").
+                needed.update(
+                    arg.value for arg in node.args if isinstance(arg, ast.Constant)
+                )
+    return needed - set(sys.stdlib_module_names) - {"mailqueue", "__future__"}
+
+
+def test_the_conformance_extra_declares_what_the_package_imports():
+    with open(ROOT / "pyproject.toml", "rb") as stream:
+        project = tomllib.load(stream)["project"]
+    declared = {
+        re.match(r"[A-Za-z0-9_.-]+", requirement)[0]
+        for requirement in project["optional-dependencies"]["conformance"]
+    }
+    assert {IMPORT_NAMES[name] for name in declared} == (
+        _needed_by_the_conformance_package()
+    )
+
+
+def test_the_conformance_extra_is_all_it_needs(venv, empty):
+    # The quick start's venv got mailqueue[conformance] and nospare, nothing more.
+    code = (
+        "import importlib.util;"
+        f"print(*sorted(n for n in {sorted(IMPORT_NAMES.values())!r}"
+        " if importlib.util.find_spec(n)))"
+    )
+    done = _checked([venv / "python", "-c", code], empty)
+    assert done.stdout.split() == sorted(IMPORT_NAMES.values())
 
 
 def test_without_the_extra_it_says_what_to_install(tmp_path, wheels, empty):

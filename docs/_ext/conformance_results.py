@@ -1,8 +1,10 @@
 """The ``conformance-results`` directive: the latest conformance runs, as tables.
 
 It reads ``build/conformance/<implementation>/report.json``, which ``make
-docs`` writes first by running the spec against every shipped adapter, so
-the published results always come from a real run.
+conformance-results`` writes (``make docs`` runs it first) by running the
+spec against every shipped adapter, so the published results always come
+from a real run.  A run that could not make its report stops ``make docs``
+there, naming the log of its output.
 """
 
 import json
@@ -22,7 +24,9 @@ class ConformanceResults(SphinxDirective):
         for name in self.arguments[0].split(","):
             path = root / name / "report.json"
             if not path.exists():
-                raise self.error(f"no conformance report at {path}: run make docs")
+                raise self.error(
+                    f"no conformance report at {path}: run make conformance-results"
+                )
             self.env.note_dependency(str(path))
             lines += _render(json.loads(path.read_text()))
         container = nodes.container(classes=["conformance-results"])

@@ -1,12 +1,14 @@
 """Figures of the last full runs, as tables: ``hostile-run``, ``soak-run``,
 ``crash-run``, ``bench-run``, ``cluster-run`` and ``conformance-matrix``.
 
-They read the JSON reports that ``make fuzz`` (docs/reliability-run.json),
-``make soak`` (docs/soak-run.json), ``make crash-test``
-(docs/crash-run.json), ``make bench`` (docs/bench-run.json),
-``make cluster-test`` (docs/cluster-run.json) and ``make conformance-matrix``
-(docs/conformance-matrix.json) write, so the published figures always come
-from a real run.
+They read the JSON reports beside the pages: docs/reliability-run.json
+(``make fuzz``), docs/soak-run.json (``make soak``), docs/crash-run.json
+(``make crash-test``), docs/bench-run.json (``make bench``),
+docs/cluster-run.json (``make cluster-test``), docs/conformance-matrix.json
+(``make conformance-matrix``) and docs/mailman-plugin-run.json (``make
+mailman-plugin-test``).  Those runs write them to build/reports, and ``make
+publish`` copies them here, so the published figures always come from a
+real run, and a run nobody means to publish changes no tracked file.
 """
 
 import json
@@ -42,7 +44,7 @@ class _ReportDirective(SphinxDirective):
         """The report, read; the page is rebuilt when it changes."""
         path = Path(self.env.doc2path(self.env.docname)).parent / self.arguments[0]
         if not path.exists():
-            raise self.error(f"no {what} at {path}: run {command}")
+            raise self.error(f"no {what} at {path}: run {command}, then make publish")
         self.env.note_dependency(str(path))
         return json.loads(path.read_text())
 
