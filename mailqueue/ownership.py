@@ -287,7 +287,7 @@ class Standby:
     names the slice) says so as long as it lives, unless another process
     says so already; a runner that is not leaves the slice to a process that
     prefers it while that one lives, and hands it over between two entries
-    when one comes.
+    when one comes.  The slice is taken as this is made, if it may be.
     """
 
     def __init__(self, name: str, board: Board, preferred: bool) -> None:

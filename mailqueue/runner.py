@@ -157,8 +157,8 @@ class Runner:
     def run(self) -> None:
         """Process the queue in passes until :meth:`stop` is called.
 
-        A queue runner first waits until it owns its slice (see
-        :meth:`~mailqueue.switchboard.Switchboard.take_ownership`).  After
+        A queue runner first waits until it owns its slice (the policy of
+        :class:`~mailqueue.ownership.Standby`).  After
         each pass :meth:`_do_periodic` runs, then, unless stopped,
         :meth:`_snooze`; a pass that found entries but could take none of
         them is followed by a wait that doubles each time, up to

@@ -126,8 +126,13 @@ def test_a_runner_asked_to_stop_while_it_stands_by_stops_waiting(directory):
     with open(board.owner_file, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         naps = []
+
+        def nap(seconds):
+            assert len(naps) < 2, "still standing by after it was stopped"
+            naps.append(seconds)
+
         standby = Standby("test", board, preferred=False)
-        standby.stand_by(lambda: len(naps) == 2, naps.append)
+        standby.stand_by(lambda: len(naps) == 2, nap)
         assert naps == [ownership_module.STANDBY_INTERVAL] * 2
         assert not board.owner
 
