@@ -48,9 +48,9 @@ from mailqueue.master import (
     stop_master,
 )
 from mailqueue.message import message_from_string
+from mailqueue.ownership import slice_states
 from mailqueue.runner import parse_runner_spec, runner_class
 from mailqueue.seal import KEPT_KEYS
-from mailqueue.switchboard import slice_owner
 
 __all__ = ["CommandError", "main"]
 
@@ -333,24 +333,12 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
     if record.get("master") != pid:
         record = {}  # not written yet (it has just started), or a dead one's
     queues: dict[str, str] = record.get("queues", {})
-    host = record.get("host", config.host_name)
-    runners = {}
-    slices = [
-        *((spec, runner) for spec, runner in record.get("runners", {}).items()),
-        *(
-            (spec, {"pid": None, "state": "not started", "restarts": 0})
-            for spec in record.get("not_started", [])
-        ),
-    ]
-    for spec, runner in sorted(slices, key=lambda item: _spec_order(item[0])):
-        state = runner["state"]
-        owner = _slice_owner(spec, queues.get(spec.split(":")[0]), host)
-        if state == "running" and owner not in (
-            None,
-            {"host": host, "pid": runner["pid"]},
-        ):
-            state = "standing by"
-        runners[spec] = runner | {"state": state, "owner": owner}
+    slices = slice_states(
+        record.get("runners", {}),
+        record.get("not_started", []),
+        queues,
+        record.get("host", config.host_name),
+    )
     depths = {
         name: {
             "waiting": queuetools.count_entries(path),
@@ -364,10 +352,7 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
     # A monitoring check can rely on the status: no master, or a slice given
     # up, is a failure.
     status = (
-        1
-        if pid is None
-        or any(runner["state"] == "given up" for runner in runners.values())
-        else 0
+        1 if pid is None or any(runner.state == "given up" for runner in slices) else 0
     )
     started = record.get("started", time.time())
     if arguments.json:
@@ -380,7 +365,7 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
                     "started": record.get("started"),
                     "uptime": time.time() - started if record else None,
                     "configuration": configuration,
-                    "runners": runners,
+                    "runners": {runner.spec: runner.as_json() for runner in slices},
                     "queues": depths,
                 }
             )
@@ -404,18 +389,11 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
             "  the file has changed since the master read it: mailqueue reload "
             "applies it"
         )
-    for spec, runner in runners.items():
-        pid_text = str(runner["pid"] or "-")
-        owner = runner["owner"]
-        if owner is None:
-            owned = "owner: nobody"
-        elif owner == {"host": host, "pid": runner["pid"]}:
-            owned = "owner: this runner"
-        else:
-            owned = f"owner: pid {owner['pid']} on {owner['host']}"
+    for runner in slices:
+        pid_text = str(runner.pid or "-")
         print(
-            f"  runner {spec:<12} {runner['state']:<11} pid {pid_text:<8} "
-            f"restarts {runner['restarts']:<3} {owned}"
+            f"  runner {runner.spec:<12} {runner.state:<11} pid {pid_text:<8} "
+            f"restarts {runner.restarts:<3} owner: {runner.owner_text}"
         )
     shown = [
         f"{name} {depth['waiting']}"
@@ -424,11 +402,6 @@ def _status(arguments: argparse.Namespace, config_file: str | None) -> int:
     ]
     print(f"  queues: {', '.join(shown)}")
     return status
-
-
-def _spec_order(spec: str) -> tuple[str, int]:
-    name, number, _ = spec.split(":")
-    return name, int(number)
 
 
 def _recorded_configuration(recorded: dict[str, Any] | None) -> dict[str, Any]:
@@ -514,18 +487,6 @@ def _mailman_status(site: MailmanSite, as_json: bool) -> int:
         pid_text = str(runner["pid"] or "-")
         print(f"  runner {spec:<14} {runner['state']:<11} pid {pid_text}")
     return status
-
-
-def _slice_owner(spec: str, path: str | None, host: str) -> dict[str, Any] | None:
-    """Who holds the lock of *spec*'s slice of the queue at *path*, on any host.
-
-    This only looks.  *host* is the name this host's master goes by.
-    """
-    if path is None:
-        return None
-    _, slice, count = spec.split(":")
-    owner = slice_owner(path, int(slice), int(count), host)
-    return None if owner is None else {"host": owner[0], "pid": owner[1]}
 
 
 @_command("reopen", "make the master and its runners reopen their logs")

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -59,6 +58,7 @@ from mailqueue.configuration import (
 from mailqueue.errors import MailqueueError
 from mailqueue.logs import logging_to, reopen_logs
 from mailqueue.metrics import Counters, MetricsError, MetricsServer
+from mailqueue.ownership import lock_file, read_holder, write_holder
 from mailqueue.qfile import write_file
 from mailqueue.runner import MASTER_FD
 from mailqueue.runner import SIGNALS as RUNNER_SIGNALS
@@ -122,19 +122,10 @@ def _status_path() -> str:
 
 def master_pid() -> int | None:
     """The pid of the master running on this var directory, or None."""
-    try:
-        fd = os.open(_lock_path(), os.O_RDONLY)
-    except FileNotFoundError:
+    text = read_holder(_lock_path())
+    if text is None:
         return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else 0
-        return None
-    finally:
-        os.close(fd)
+    return int(text) if text.isdigit() else 0
 
 
 def master_status() -> dict[str, Any]:
@@ -319,12 +310,9 @@ class Master:
         cannot be (then there is no master).
         """
         os.makedirs(config.VAR_DIR, mode=0o770, exist_ok=True)
-        fd = os.open(_lock_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise MasterRunning(master_pid()) from None
+        fd = lock_file(_lock_path())
+        if fd is None:
+            raise MasterRunning(master_pid())
         if config.metrics_listen is not None:
             # Before the pid is written: start_master() waits for it, and
             # so fails, as it should, if the address cannot be had.
@@ -333,8 +321,7 @@ class Master:
             except MetricsError:
                 os.close(fd)
                 raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        write_holder(fd, f"{os.getpid()}\n")
         self._lock_fd = fd
 
     def run(self) -> None:

@@ -42,8 +42,8 @@ from typing import Any
 from mailqueue import qfile
 from mailqueue.configuration import config
 from mailqueue.errors import MailqueueError
+from mailqueue.ownership import slice_owner
 from mailqueue.queuetools import hold_directory
-from mailqueue.switchboard import slice_owner
 
 __all__ = [
     "AGE_BUCKETS",

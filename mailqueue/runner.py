@@ -19,6 +19,7 @@ from mailqueue.lists import MailingList
 from mailqueue.logs import reopen_logs
 from mailqueue.message import Message
 from mailqueue.metrics import Counters
+from mailqueue.ownership import Standby
 from mailqueue.qfile import (
     ATTEMPTS,
     FIRST_QUEUED,
@@ -41,8 +42,6 @@ __all__ = [
 
 #: The environment variable that names the runner's end of its master's pipe.
 MASTER_FD = "MAILQUEUE_MASTER_FD"
-#: How long a runner that does not own its slice waits before it asks again.
-STANDBY_INTERVAL = 1.0
 #: After a pass that made no progress, a runner waits this long, twice as
 #: long after each further such pass, up to :data:`MAX_BACKOFF`.
 FIRST_BACKOFF = 0.1
@@ -88,20 +87,18 @@ class Runner:
             if section.path is None:
                 raise ConfigurationError(f"[runner.{name}] has no path for its queue")
             self.queue_directory: str | None = section.path
-            self._waiting = False
-            #: Whether this host prefers this runner's slice (``prefer``).
-            self.preferred = (slice or 0) in section.prefer
-            self.switchboard: Switchboard | None = config.switchboards.make(
-                name, slice, section.instances
+            board = config.switchboards.make(name, slice, section.instances)
+            self.switchboard: Switchboard | None = board
+            #: Whether this runner works its slice, stands by, or hands it over.
+            self._standby: Standby | None = Standby(
+                name, board, (slice or 0) in section.prefer
             )
-            if self.preferred and not self.switchboard.claim_preference():
-                rlog.info("%s runner: another process prefers its slice too", self.name)
-                self.preferred = False
-            self._owns_slice()
         else:
             self.queue_directory = None
             self.switchboard = None
-            self.preferred = False
+            self._standby = None
+        #: Whether this host prefers this runner's slice (``prefer``), alone.
+        self.preferred = self._standby is not None and self._standby.preferred
         self.sleep_time = section.sleep_time
         self.max_restarts = section.max_restarts
         self.start = section.start
@@ -131,7 +128,6 @@ class Runner:
         #: Lists and members looked up in this pass, for at most a second.
         self._lookups: dict[tuple[str, ...], Any] = {}
         self._lookups_at = 0.0
-        self._preference_checked = 0.0
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -146,11 +142,9 @@ class Runner:
         """
         board = self.switchboard
         if board is not None and not board.owned_here:
-            where = self.name
-            if board.slice is not None:
-                where += f":{board.slice}:{board.numslices}"
+            where = "" if board.slice is None else f":{board.slice}:{board.numslices}"
             raise RunnerError(
-                f"{where}: its slice is owned by {board.owner_id()}; "
+                f"{self.name}{where}: its slice is owned by {board.owner_id()}; "
                 "not taking its entries"
             )
         try:
@@ -163,8 +157,8 @@ class Runner:
     def run(self) -> None:
         """Process the queue in passes until :meth:`stop` is called.
 
-        A queue runner first waits until it owns its slice (see
-        :meth:`~mailqueue.switchboard.Switchboard.take_ownership`).  After
+        A queue runner first waits until it owns its slice (the policy of
+        :class:`~mailqueue.ownership.Standby`).  After
         each pass :meth:`_do_periodic` runs, then, unless stopped,
         :meth:`_snooze`; a pass that found entries but could take none of
         them is followed by a wait that doubles each time, up to
@@ -173,7 +167,8 @@ class Runner:
         after its current entry, when the master is gone.
         """
         try:
-            self._stand_by()
+            if self._standby is not None:
+                self._standby.stand_by(lambda: self._stop, self._nap)
             while True:
                 self._progress = 0
                 filecnt = self._one_iteration()
@@ -206,62 +201,14 @@ class Runner:
             self.counters.flush()
             self._clean_up()
 
-    def _stand_by(self) -> None:
-        """Wait, if another process owns this runner's slice, until it does not."""
-        if self.switchboard is None or self._owns_slice():
-            return
-        rlog.info(
-            "%s runner standing by: its slice is owned by %s",
-            self.name,
-            self.switchboard.owner_id(),
-        )
-        while not self._stop and not self._owns_slice():
-            with contextlib.suppress(_Wake):
-                try:
-                    self._sleeping = True
-                    self._sleep(STANDBY_INTERVAL)
-                finally:
-                    self._sleeping = False
-
-    def _owns_slice(self) -> bool:
-        assert self.switchboard is not None
-        board = self.switchboard
-        if board.owner or board.owned_here:
-            return True
-        # A slice another process prefers is left to it, while it lives.
-        if (not self.preferred and board.preferred_elsewhere()) or (
-            not board.take_ownership()
-        ):
-            self._waiting = True
-            return False
-        if self._waiting:
-            self._waiting = False
-            rlog.info(
-                "%s runner now owns its slice%s",
-                self.name,
-                f" and recovered {board.recovered} entries" if board.recovered else "",
-            )
-        return True
-
-    def _hand_over(self) -> bool:
-        """Between entries: let the slice go if a process that prefers it waits.
-
-        Looked at once a second at most.  Return True if it was let go.
-        """
-        board = self.switchboard
-        if board is None or self.preferred or not board.owner:
-            return False
-        now = time.monotonic()
-        if now - self._preference_checked < 1.0:
-            return False
-        self._preference_checked = now
-        if not board.preferred_elsewhere():
-            return False
-        board.release_ownership()
-        rlog.info(
-            "%s runner hands its slice over to a process that prefers it", self.name
-        )
-        return True
+    def _nap(self, seconds: float) -> None:
+        """Sleep while standing by: a stop signal ends it, SIGUSR2 cuts it short."""
+        with contextlib.suppress(_Wake):
+            try:
+                self._sleeping = True
+                self._sleep(seconds)
+            finally:
+                self._sleeping = False
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, waking early if the master goes away (the pipe's end is read)."""
@@ -338,11 +285,11 @@ class Runner:
         Only while this process owns the runner's slice: otherwise it takes
         nothing and returns 0.
         """
-        if self.switchboard is None:
+        if self.switchboard is None or self._standby is None:
             return 0
         # Only the owner of a slice works on it: entries another process is
         # taking must not be taken twice.
-        if not self._owns_slice() or self._hand_over():
+        if not self._standby.may_work() or self._standby.hand_over():
             return 0
         files = self.switchboard.files
         self._lookups.clear()
@@ -351,7 +298,7 @@ class Runner:
             self.counters.flush(every=1.0)
             self._do_periodic()
             self._check_master()
-            if self._short_circuit() or self._hand_over():
+            if self._short_circuit() or self._standby.hand_over():
                 break
         return len(files)
 

@@ -11,10 +11,9 @@ import logging
 import os
 import socket
 import time
-import weakref
 from typing import Any
 
-from mailqueue import qfile
+from mailqueue import ownership, qfile
 from mailqueue.errors import MailqueueError
 from mailqueue.message import Message
 from mailqueue.seal import MAX_RANGES, RANGE_SIZE, SEAL_MAX, TRAILER_SIZE, Seal
@@ -25,7 +24,6 @@ __all__ = [
     "EntryTooLargeError",
     "Switchboard",
     "default_bad_directory",
-    "slice_owner",
 ]
 
 
@@ -47,8 +45,6 @@ STALE_TEMPORARY_AFTER = 3600.0
 _SIZES_KEPT = 10_000
 
 dlog = logging.getLogger("mailqueue.debug")
-#: The switchboards of this process that own their slice, by lock file.
-_owners: weakref.WeakValueDictionary[str, Switchboard] = weakref.WeakValueDictionary()
 elog = logging.getLogger("mailqueue.error")
 
 #: The entries this process has dequeued and not finished, by the path of
@@ -170,9 +166,7 @@ class Switchboard:
         self._shift = qfile.DIGEST_BITS - (numslices.bit_length() - 1)
         qfile.make_directories(queue_directory)
         self._reported: set[str] = set()
-        self._owner_lock: int | None = None
-        self._prefer_lock: int | None = None
-        self._closers: dict[int, weakref.finalize[[int], Switchboard]] = {}
+        self._locks = ownership.SliceLocks(queue_directory, slice, numslices, self.host)
         self.recovered = 0
         self._spares = qfile.SparePool(queue_directory)
         if not self.keep_spares:
@@ -183,10 +177,12 @@ class Switchboard:
         if recover and not self.take_ownership():
             dlog.debug("%r: another process owns this slice; not recovering", self)
 
+    # Owning the slice, and preferring it (see mailqueue.ownership) -------
+
     @property
     def owner(self) -> bool:
         """True if this switchboard holds its slice's lock and so recovers it."""
-        return self._owner_lock is not None
+        return self._locks.owner
 
     @property
     def owned_here(self) -> bool:
@@ -195,10 +191,7 @@ class Switchboard:
         Within one process, work on a slice is not concurrent; what must
         never happen is two *processes* working on one slice.
         """
-        if self.owner:
-            return True
-        other = _owners.get(self.owner_file)
-        return other is not None and other.owner
+        return self._locks.owned_here
 
     @property
     def owner_file(self) -> str:
@@ -207,12 +200,11 @@ class Switchboard:
         Its owner holds an exclusive ``flock`` on it for as long as it
         lives, and writes its host name and pid into it.
         """
-        return _owner_file(self.queue_directory, self.slice, self.numslices)
+        return self._locks.owner_file
 
     def owner_id(self) -> str:
         """Who owns this slice: ``pid PID on HOST``, or ``nobody``."""
-        owner = slice_owner(self.queue_directory, self.slice, self.numslices, self.host)
-        return "nobody" if owner is None else f"pid {owner[1]} on {owner[0]}"
+        return self._locks.owner_id()
 
     def take_ownership(self) -> bool:
         """Become the owner of this slice if no process is; return whether it is.
@@ -222,12 +214,10 @@ class Switchboard:
         and removes its stale temporary files.  Ownership lasts until this
         switchboard is collected or its process ends, however it ends.
         """
-        if self._owner_lock is not None:
+        if self._locks.owner:
             return True
-        self._owner_lock = self._hold(self.owner_file)
-        if self._owner_lock is None:
+        if not self._locks.take():
             return False
-        _owners[self.owner_file] = self
         self.recover_backup_files()
         self.remove_stale_temporary_files()
         return True
@@ -238,41 +228,12 @@ class Switchboard:
         Call it only between entries: every entry this process dequeued
         must be finished first, or the next owner recovers it again.
         """
-        if self._owner_lock is None:
-            return
-        if _owners.get(self.owner_file) is self:
-            del _owners[self.owner_file]
-        fd, self._owner_lock = self._owner_lock, None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        self._closers.pop(fd)()
-
-    def _hold(self, path: str) -> int | None:
-        """Lock *path* for as long as this switchboard lives, and say who holds it.
-
-        Return the descriptor, or None if another process holds the lock.
-        """
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        # Closed when this switchboard goes, or when it lets go (once only:
-        # the number may belong to another file by then).
-        self._closers[fd] = weakref.finalize(self, os.close, fd)
-        # Who holds it, for a person (and for other hosts) to read.
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{self.host} {os.getpid()}\n".encode(), 0)
-        return fd
-
-    # Preferences: which host works a slice when every host is up --------
+        self._locks.release()
 
     @property
     def prefer_file(self) -> str:
         """The lock file a process holds while it prefers to own this slice."""
-        return _owner_file(self.queue_directory, self.slice, self.numslices, ".prefer")
+        return self._locks.prefer_file
 
     def claim_preference(self) -> bool:
         """Say, for as long as this switchboard lives, that it prefers this slice.
@@ -282,25 +243,11 @@ class Switchboard:
         soon as a process that does is waiting for it (see
         :meth:`preferred_elsewhere`).
         """
-        if self._prefer_lock is None:
-            self._prefer_lock = self._hold(self.prefer_file)
-        return self._prefer_lock is not None
+        return self._locks.claim_preference()
 
     def preferred_elsewhere(self) -> bool:
         """True if a process other than this one prefers this slice, and lives."""
-        if self._prefer_lock is not None:
-            return False
-        try:
-            fd = os.open(self.prefer_file, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return self._locks.preferred_elsewhere()
 
     def __repr__(self) -> str:
         where = "" if self.slice is None else f" slice {self.slice}/{self.numslices}"
@@ -656,63 +603,6 @@ def default_bad_directory(queue_directory: str) -> str:
     """
     parent = os.path.dirname(os.path.normpath(queue_directory))
     return os.path.join(parent, "bad")
-
-
-def _owner_file(
-    queue_directory: str, slice: int | None, numslices: int, suffix: str = ".owner"
-) -> str:
-    # Beside the queue directory, not in it: the directory holds queue
-    # entries and nothing else.
-    parent, queue = os.path.split(os.path.normpath(queue_directory))
-    where = "" if slice is None or numslices == 1 else f"-{slice}-of-{numslices}"
-    return os.path.join(parent, f".{queue}{where}{suffix}")
-
-
-def slice_owner(
-    queue_directory: str,
-    slice: int | None = None,
-    numslices: int = 1,
-    host: str | None = None,
-) -> tuple[str, int] | None:
-    """Who owns a slice of a queue: its host and pid, or None if nobody does.
-
-    The owner holds a lock on the owner file and has written its host and
-    pid into it.  A file that nobody holds a lock on names nobody, whatever
-    it says: its owner is gone, on this host or another (a lock taken over
-    a network file system is let go of when its client goes).  *host* is
-    this host's name (the system's by default); a process of this host that
-    is gone owns nothing either.  This only looks: a lock it tests is let
-    go of at once.
-    """
-    path = _owner_file(queue_directory, slice, numslices)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # held: it names the owner
-        except OSError:
-            pass  # no locks here: only the file can tell
-        else:
-            return None
-        host_name, _, pid = (
-            os.pread(fd, 300, 0).decode(errors="replace").strip().partition(" ")
-        )
-    finally:
-        os.close(fd)
-    if not pid.isdigit():
-        return None
-    if host_name == (host or socket.gethostname()):
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass  # alive, and someone else's
-    return host_name, int(pid)
 
 
 def _flag(value: Any) -> bool:

@@ -14,9 +14,10 @@ import socket
 
 import pytest
 
+import mailqueue.ownership as ownership_module
 import mailqueue.switchboard as switchboard_module
 from mailqueue import QueueFileError, Switchboard, message_from_string, qfile
-from mailqueue.switchboard import slice_owner
+from mailqueue.ownership import slice_owner
 
 TEXT = "From: aperson@example.com\nTo: test@example.com\nSubject: fault\n\nHello.\n"
 ERRORS = "mailqueue.error"
@@ -442,7 +443,7 @@ def test_without_locks_the_owner_file_names_the_owner(tmp_path, monkeypatch):
         raise OSError(errno.ENOLCK, "No locks available")
 
     # A file system without locks (an NFS mount without its lock daemon).
-    monkeypatch.setattr(switchboard_module.fcntl, "flock", no_locks)
+    monkeypatch.setattr(ownership_module.fcntl, "flock", no_locks)
     assert slice_owner(directory) == (socket.gethostname(), os.getpid())
     assert owner.owner_id() == f"pid {os.getpid()} on {socket.gethostname()}"
     owner.release_ownership()  # which empties the file
@@ -463,7 +464,7 @@ def test_an_owner_of_another_user_is_alive_though_it_cannot_be_signalled(
             raise PermissionError(errno.EPERM, "Operation not permitted")
 
         # As seen by a user who may not signal that process; root may.
-        monkeypatch.setattr(switchboard_module.os, "kill", not_yours)
+        monkeypatch.setattr(ownership_module.os, "kill", not_yours)
         assert slice_owner(directory, host="here") == ("here", 4242)
     finally:
         os.close(fd)

@@ -22,6 +22,7 @@ LAYERS = {
     "safepickle": 0,
     "seal": 0,
     "qfile": 0,
+    "ownership": 0,
     "switchboard": 0,
     "lists": 0,
     "logs": 0,

@@ -18,7 +18,7 @@ from mailqueue import (
     message_from_string,
     qfile,
 )
-from mailqueue.switchboard import slice_owner
+from mailqueue.ownership import slice_owner
 
 TEXT = "From: aperson@example.com\nTo: test@example.com\nSubject: hi\n\nHello.\n"
 
