@@ -94,7 +94,8 @@ class Site:
 # back to sleep) waits for the runner to say so; it never sleeps and hopes.
 # The site names one of the classes below as the runner's class, and the
 # process runs with watched_environment(record): the runner appends a line to
-# *record* each time it ends a pass and each time it adds its counts.
+# *record* each time it ends a pass (after its back-off wait, if any, as it
+# calls _snooze) and each time it adds its counts.
 
 
 #: The environment variable that names the file a watched runner writes to.

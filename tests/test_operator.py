@@ -317,7 +317,7 @@ def test_flush_wakes_the_retry_runner(site, tmp_path):
     site.run("start", env=watched_environment(record))
     # Its first pass found nothing: the retry runner sleeps now, for an hour.
     wait_for(lambda: recorded(record, "pass"), 30, "the retry runner's first pass")
-    deferred = entry("deferred", queue="retry")
+    entry("deferred", queue="retry")
     out = config.switchboards["out"]
     flushed = site.run("flush")
     assert flushed.stdout.startswith("mailqueue master (pid ")
@@ -327,7 +327,6 @@ def test_flush_wakes_the_retry_runner(site, tmp_path):
     assert "retry runner woken: trying its queue now" in site.log("runner.log")
     # The pass after the first took the entry: the flush, not the hour, woke it.
     assert [found for found, _ in recorded(record, "pass")] == [0, 1]
-    assert deferred not in config.switchboards["retry"].files
 
 
 def test_reading_commands_create_nothing(capsys, tmp_path):

@@ -180,8 +180,8 @@ def test_a_pass_that_makes_no_progress_backs_off(var_dir):
     runner = subprocess.Popen(
         [sys.executable, "-c", as_nobody], env=watched_environment(record)
     )
-    # A pass ends after its wait: 0.2 s after the first, then twice as long
-    # each time.  Four passes are three waits to compare.
+    # A pass that could take nothing ends with a wait: 0.2 s the first time,
+    # twice as long each next time.  Four passes end three waits apart.
     wait_for(lambda: len(recorded(record, "pass")) >= 4, 60, "four passes")
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=30) == 0
