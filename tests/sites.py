@@ -7,8 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+
+from mailqueue.metrics import Counters
+from mailqueue.runners import IncomingRunner, RetryRunner
 
 
 def process_gone(pid):
@@ -82,3 +86,83 @@ class Site:
                 return stream.read()
         except FileNotFoundError:
             return ""
+
+
+# Runners a test can watch ----------------------------------------------------
+#
+# A test that must know a runner process looked (and took nothing, or went
+# back to sleep) waits for the runner to say so; it never sleeps and hopes.
+# The site names one of the classes below as the runner's class, and the
+# process runs with watched_environment(record): the runner appends a line to
+# *record* each time it ends a pass (after its back-off wait, if any, as it
+# calls _snooze) and each time it adds its counts.
+
+
+#: The environment variable that names the file a watched runner writes to.
+RECORD = "MAILQUEUE_TEST_RECORD"
+
+
+def _say(*words):
+    with open(os.environ[RECORD], "a") as stream:
+        stream.write(" ".join(map(str, words)) + "\n")
+
+
+class _SayingCounters(Counters):
+    """Counts that say each time they are added: ``counts TIME``.
+
+    A runner adds its counts before each sleep (:mod:`mailqueue.metrics`
+    says so), the sleeps of a runner standing by too, and after each entry.
+    """
+
+    def flush(self, every=0.0):
+        _say("counts", time.monotonic())
+        super().flush(every)
+
+
+class _Watched:
+    """Says ``pass FOUND TIME`` as each pass ends, and has counts that say so."""
+
+    def __init__(self, *arguments, **keywords):
+        super().__init__(*arguments, **keywords)
+        self.counters = _SayingCounters(self.counters.var_dir)
+
+    def _snooze(self, filecnt):
+        # The hook each pass ends with (docs/runner.rst), with what it found.
+        _say("pass", filecnt, time.monotonic())
+        super()._snooze(filecnt)
+
+
+class WatchedIncomingRunner(_Watched, IncomingRunner):
+    """The in runner, watched: ``class: sites.WatchedIncomingRunner``."""
+
+
+class WatchedRetryRunner(_Watched, RetryRunner):
+    """The retry runner, watched: ``class: sites.WatchedRetryRunner``."""
+
+
+def watched_environment(record):
+    """The environment of a process whose watched runners write to *record*.
+
+    This file's directory comes first on its PYTHONPATH, so that the
+    runner's class is found.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH"))))
+    return os.environ | {"PYTHONPATH": path, RECORD: str(record)}
+
+
+def recorded(record, kind):
+    """What watched runners said in *record*, in lines of *kind* (pass, counts).
+
+    Each is the list of the numbers the line gives after its kind: for a
+    pass, the entries it found and when it ended (``time.monotonic()``).
+    """
+    try:
+        text = Path(record).read_text()
+    except FileNotFoundError:
+        return []
+    return [
+        [float(word) for word in line.split()[1:]]
+        for line in text.splitlines(keepends=True)
+        if line.endswith("\n") and line.split()[0] == kind
+    ]

@@ -20,6 +20,8 @@ from mailqueue.conformance.adapter import AdapterError, load_adapter
 from mailqueue.conformance.spec import SpecDocument
 
 ROOT = Path(__file__).resolve().parent.parent
+SWITCHBOARD = ROOT / "docs" / "switchboard.rst"
+OPERATING = ROOT / "docs" / "operating.rst"
 
 NOT_FIFO = textwrap.dedent(
     """
@@ -62,8 +64,13 @@ NOT_FIFO = textwrap.dedent(
 
 
 def conformance_run(
-    tmp_path, implementation, known="{}", selection=("docs/switchboard.rst",), *options
+    tmp_path, implementation, known="{}", selection=(str(SWITCHBOARD),), *options
 ):
+    """Run pytest on *selection* with the checkout's configuration, in *tmp_path*.
+
+    Whatever the run writes goes there, its report in tmp_path/report (see
+    report_of); its modules come from there and from the checkout.
+    """
     (tmp_path / "third_party_adapter.py").write_text(NOT_FIFO.replace("KNOWN", known))
     return subprocess.run(
         [
@@ -71,6 +78,7 @@ def conformance_run(
             "-m",
             "pytest",
             *selection,
+            *("-c", str(ROOT / "pyproject.toml"), f"--rootdir={ROOT}"),
             "-q",
             "--tb=no",
             "-p",
@@ -79,9 +87,9 @@ def conformance_run(
             f"--report-dir={tmp_path / 'report'}",
             *options,
         ],
-        cwd=ROOT,
+        cwd=tmp_path,
         # The whole environment, coverage's subprocess measurement with it.
-        env=os.environ | {"PYTHONPATH": str(tmp_path)},
+        env=os.environ | {"PYTHONPATH": os.pathsep.join((str(tmp_path), str(ROOT)))},
         capture_output=True,
         text=True,
         check=False,
@@ -329,28 +337,12 @@ def test_an_unknown_requirement_level_is_refused_with_its_place(tmp_path):
     )
 
 
-# Runs of a few examples of switchboard.rst, named by their first line of
-# source: the first three make the names the later ones use.
-SWITCHBOARD = ROOT / "docs" / "switchboard.rst"
-
-
-def example_lines(section, first_line):
-    """The lines of switchboard.rst where *section* has an example *first_line*."""
-    spec = SpecDocument(SWITCHBOARD)
-    lines = SWITCHBOARD.read_text().splitlines()
-    return [
-        number
-        for number, line in enumerate(lines, start=1)
-        if line.strip() == f">>> {first_line}" and spec.place(number).section == section
-    ]
-
-
-def selected(*lines, document="switchboard.rst"):
-    return [f"docs/{document}::line:{line},column:1" for line in lines]
-
-
+# Runs of a few examples of switchboard.rst, each named as the report and
+# known divergences name it: (document, section, example), the example by
+# its first line of source and, from the second with that line in its
+# section on, " #N".  The first three make the names the later ones use.
 SETTING_UP = [
-    example_lines("The switchboard", first_line)[0]
+    ("switchboard.rst", "The switchboard", first_line)
     for first_line in (
         "import os",
         "queue_directory = os.path.join(config.QUEUE_DIR, 'test')",
@@ -358,15 +350,37 @@ SETTING_UP = [
     )
 ]
 # The second of three examples of "Queue slices" that start with "try:".
-SECOND_TRY = example_lines("Queue slices", "try:")[1]
-# The first example of a page that is not part of the spec.
-FIRST_OF_OPERATING = next(
-    number
-    for number, line in enumerate(
-        (ROOT / "docs" / "operating.rst").read_text().splitlines(), start=1
-    )
-    if line.lstrip().startswith(">>> ")
-)
+SECOND_TRY = ("switchboard.rst", "Queue slices", "try: #2")
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory):
+    """Where each example of switchboard.rst and operating.rst starts, by name.
+
+    The names are the report's, from a run that collects the documents and
+    runs nothing: an example keeps its name wherever the text around it
+    moves it.
+    """
+    directory = tmp_path_factory.mktemp("names")
+    documents = (str(SWITCHBOARD), str(OPERATING))
+    result = conformance_run(directory, "mailqueue", "{}", documents, "--collect-only")
+    assert result.returncode == 0, result.stdout[-3000:]
+    named = [
+        ((e["document"], e["section"], e["example"]), e["line"])
+        for e in report_of(directory)["examples"]
+    ]
+    assert len(dict(named)) == len(named)  # each name is one example's
+    return dict(named)
+
+
+def selected(lines, *names):
+    """The pytest node ids of the examples *names*: (document, section, example)."""
+    return [f"{ROOT / 'docs' / name[0]}::line:{lines[name]},column:1" for name in names]
+
+
+def first_of(lines, document):
+    """The name of the first example of *document*."""
+    return min((name for name in lines if name[0] == document), key=lines.get)
 
 
 def selection_run(tmp_path, implementation, selection, *options, known="{}"):
@@ -384,7 +398,7 @@ def report_of(tmp_path):
     return json.loads((tmp_path / "report" / "report.json").read_text())
 
 
-def test_a_selection_is_named_and_judged_against_whole_documents(tmp_path):
+def test_a_selection_is_named_and_judged_against_whole_documents(tmp_path, lines):
     """Examples not run, and other documents, leave the judgement alone.
 
     The second "try:" keeps its name with the first deselected, and neither the
@@ -400,10 +414,8 @@ def test_a_selection_is_named_and_judged_against_whole_documents(tmp_path):
     result = selection_run(
         tmp_path,
         "third_party_adapter:Conforming",
-        [
-            *selected(*SETTING_UP, SECOND_TRY),
-            *selected(FIRST_OF_OPERATING, document="operating.rst"),
-        ],
+        # And the first example of a page that is not part of the spec.
+        selected(lines, *SETTING_UP, SECOND_TRY, first_of(lines, "operating.rst")),
         known=known,
     )
     assert result.returncode == 0, result.stdout[-3000:]
@@ -417,7 +429,9 @@ def test_a_selection_is_named_and_judged_against_whole_documents(tmp_path):
     assert ("Queue slices", "try:") not in examples
 
 
-def test_divergences_that_pass_or_name_nothing_are_stale_without_failures(tmp_path):
+def test_divergences_that_pass_or_name_nothing_are_stale_without_failures(
+    tmp_path, lines
+):
     known = repr(
         {
             ("switchboard.rst", "Queue slices", "try: #2"): "it passes",
@@ -427,7 +441,7 @@ def test_divergences_that_pass_or_name_nothing_are_stale_without_failures(tmp_pa
     result = selection_run(
         tmp_path,
         "third_party_adapter:Conforming",
-        selected(*SETTING_UP, SECOND_TRY),
+        selected(lines, *SETTING_UP, SECOND_TRY),
         known=known,
     )
     assert result.returncode == 1
@@ -442,18 +456,17 @@ def test_divergences_that_pass_or_name_nothing_are_stale_without_failures(tmp_pa
     assert report.rstrip().endswith("\n4 passed, 0 failed")
 
 
-def test_an_adapter_missing_a_fixture_errors_every_example(tmp_path):
+def test_an_adapter_missing_a_fixture_errors_every_example(tmp_path, lines):
     result = selection_run(
         tmp_path,
         "third_party_adapter:Incomplete",
-        selected(*SETTING_UP),
+        selected(lines, *SETTING_UP),
     )
     assert result.returncode == 1
     assert "  MUST    The switchboard" in result.stdout
     assert "0 passed, 0 failed, 3 errored" in result.stdout
-    assert f"switchboard.rst:{SETTING_UP[0]} [MUST] The switchboard: errored" in (
-        result.stdout
-    )
+    first = lines[SETTING_UP[0]]
+    assert f"switchboard.rst:{first} [MUST] The switchboard: errored" in (result.stdout)
     assert result.stdout.rstrip().endswith("\n0 passed, 3 failed")
     report = report_of(tmp_path)
     assert {e["outcome"] for e in report["examples"]} == {"errored"}
@@ -469,13 +482,13 @@ def pytest_collection_modifyitems(items):
 """
 
 
-def test_skipped_examples_are_counted_and_their_divergences_not_judged(tmp_path):
+def test_skipped_examples_are_counted_and_their_divergences_not_judged(tmp_path, lines):
     (tmp_path / "skip_everything.py").write_text(SKIPPING_PLUGIN)
     known = repr({("switchboard.rst", "Queue slices", "try: #2"): "skipped here"})
     result = selection_run(
         tmp_path,
         "third_party_adapter:Conforming",
-        selected(*SETTING_UP, SECOND_TRY),
+        selected(lines, *SETTING_UP, SECOND_TRY),
         "-p",
         "skip_everything",
         known=known,
@@ -499,39 +512,37 @@ def test_that_fails():
 """
 
 
-def test_a_failing_ordinary_test_fails_a_conforming_run(tmp_path):
+def test_a_failing_ordinary_test_fails_a_conforming_run(tmp_path, lines):
     """The report judges examples only; it does not pardon other tests."""
     (tmp_path / "test_ordinary.py").write_text(ORDINARY_TESTS)
     result = selection_run(
         tmp_path,
         "mailqueue",
-        [*selected(*SETTING_UP), str(tmp_path / "test_ordinary.py")],
+        [*selected(lines, *SETTING_UP), str(tmp_path / "test_ordinary.py")],
     )
     assert result.returncode == 1, result.stdout[-3000:]
     assert result.stdout.rstrip().endswith("\n3 passed, 0 failed")
     assert [e["example"] for e in report_of(tmp_path)["examples"]] == [
-        "import os",
-        "queue_directory = os.path.join(config.QUEUE_DIR, 'test')",
-        "from mailqueue import Switchboard",
+        example for _, _, example in SETTING_UP
     ]
 
 
-def test_a_collection_error_fails_a_conforming_run(tmp_path):
+def test_a_collection_error_fails_a_conforming_run(tmp_path, lines):
     (tmp_path / "test_broken.py").write_text("def test_broken(:\n")
     result = selection_run(
         tmp_path,
         "mailqueue",
-        [*selected(*SETTING_UP), str(tmp_path / "test_broken.py")],
+        [*selected(lines, *SETTING_UP), str(tmp_path / "test_broken.py")],
     )
     assert result.returncode == pytest.ExitCode.INTERRUPTED, result.stdout[-3000:]
     assert "1 error during collection" in result.stdout
 
 
-def test_junit_xml_goes_where_the_command_line_says(tmp_path):
+def test_junit_xml_goes_where_the_command_line_says(tmp_path, lines):
     result = selection_run(
         tmp_path,
         "mailqueue",
-        selected(*SETTING_UP),
+        selected(lines, *SETTING_UP),
         f"--junitxml={tmp_path / 'mine.xml'}",
     )
     assert result.returncode == 0, result.stdout[-3000:]
@@ -610,7 +621,7 @@ def test_the_mailman_adapter_subscribes_in_the_lists_language_by_default(tmp_pat
 
 def test_a_selection_of_no_example_says_so(tmp_path):
     result = conformance_run(
-        tmp_path, "mailqueue", "{}", ("docs/switchboard.rst",), "-k", "no_such_name"
+        tmp_path, "mailqueue", "{}", (str(SWITCHBOARD),), "-k", "no_such_name"
     )
     assert result.returncode == 5  # pytest's "no tests collected"
     assert result.stdout.strip().splitlines()[-2:] == [

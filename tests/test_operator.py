@@ -13,7 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from sites import interruptible, process_gone, wait_for
+from sites import (
+    interruptible,
+    process_gone,
+    recorded,
+    wait_for,
+    watched_environment,
+)
 
 from mailqueue import Switchboard, __version__, config, create_list, message_from_string
 from mailqueue.cli import main
@@ -302,24 +308,25 @@ def test_requeue_out_of_bad_and_the_mistakes(capsys, var_dir):
         assert log.read().endswith(f"requeued {preserved} from bad to in\n")
 
 
-def test_flush_wakes_the_retry_runner(site):
-    site = site("[runner.retry]\nstart: yes\nsleep_time: 1h\n")
-    create_list("test@example.com")
-    site.run("start")
-    wait_for(
-        lambda: "master started runner retry:0:1" in site.log("runner.log"), 30, ""
+def test_flush_wakes_the_retry_runner(site, tmp_path):
+    site = site(
+        "[runner.retry]\nclass: sites.WatchedRetryRunner\nstart: yes\nsleep_time: 1h\n"
     )
-    time.sleep(1)  # the retry runner is asleep now, for an hour
-    deferred = entry("deferred", queue="retry")
+    create_list("test@example.com")
+    record = tmp_path / "record"
+    site.run("start", env=watched_environment(record))
+    # Its first pass found nothing: the retry runner sleeps now, for an hour.
+    wait_for(lambda: recorded(record, "pass"), 30, "the retry runner's first pass")
+    entry("deferred", queue="retry")
     out = config.switchboards["out"]
-    time.sleep(1)
-    assert config.switchboards["retry"].files == [deferred]
     flushed = site.run("flush")
     assert flushed.stdout.startswith("mailqueue master (pid ")
     # The out runner delivers what retry passes on.
     wait_for(lambda: not config.switchboards["retry"].files, 30, "the retry runner")
     wait_for(lambda: not out.files, 30, "the delivery")
     assert "retry runner woken: trying its queue now" in site.log("runner.log")
+    # The pass after the first took the entry: the flush, not the hour, woke it.
+    assert [found for found, _ in recorded(record, "pass")] == [0, 1]
 
 
 def test_reading_commands_create_nothing(capsys, tmp_path):

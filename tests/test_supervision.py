@@ -6,6 +6,7 @@ for a log line alone.
 """
 
 import gc
+import itertools
 import json
 import os
 import signal
@@ -14,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from sites import process_gone, wait_for
+from sites import process_gone, recorded, wait_for, watched_environment
 
 from mailqueue import Switchboard, config, create_list, message_from_string
+from mailqueue.runner import FIRST_BACKOFF
 
 
 def runner_pids(site):
@@ -43,22 +45,30 @@ def test_runners_stop_when_their_master_is_killed(site):
     assert "its master is gone; stopping" in site.log("runner.log")
 
 
-def test_a_runner_works_only_while_it_owns_its_slice(site):
-    site = site("[runner.in]\nsleep_time: 0.1s\n")
+def test_a_runner_works_only_while_it_owns_its_slice(site, tmp_path):
+    site = site("[runner.in]\nclass: sites.WatchedIncomingRunner\nsleep_time: 0.1s\n")
     create_list("test@example.com")
     queue = config.switchboards["in"]
     owner = Switchboard("in", queue.queue_directory, recover=True)
     assert owner.owner
     posted = {post(str(number)) for number in range(3)}
+    record = tmp_path / "record"
+    environment = watched_environment(record)
     runner = subprocess.Popen(
-        [sys.executable, "-m", "mailqueue", "-C", site.config_file, "runner", "in"]
+        [sys.executable, "-m", "mailqueue", "-C", site.config_file, "runner", "in"],
+        env=environment,
     )
     try:
-        wait_for(lambda: "standing by" in site.log("runner.log"), 30, "standing by")
-        time.sleep(1)  # long enough to take entries, if it would
+        # Standing by, the runner asks for its slice, adds its counts and
+        # sleeps a second, over and over: at the second time it added them,
+        # it had asked again after a whole second, and taken nothing.
+        wait_for(lambda: len(recorded(record, "counts")) >= 2, 30, "a second ask")
         assert set(queue.files) == posted
+        assert "in runner standing by: its slice is owned by pid " in (
+            site.log("runner.log")
+        )
         assert f"owned by pid {os.getpid()} on " in site.log("runner.log")
-        once = site.run("runner", "in", "--once", check=False)
+        once = site.run("runner", "in", "--once", check=False, env=environment)
         assert once.returncode == 1
         assert "in: its slice is owned by pid " in once.stderr
         assert set(queue.files) == posted
@@ -154,27 +164,42 @@ def test_a_pass_that_makes_no_progress_backs_off(var_dir):
         path.chmod(0o777)
     queue.chmod(0o755)
     config_file = Path(var_dir, "site.cfg")
-    config_file.write_text(f"[paths]\nvar_dir: {var_dir}\n[runner.in]\nsleep_time: 0\n")
+    config_file.write_text(
+        f"[paths]\nvar_dir: {var_dir}\n"
+        "[runner.in]\nclass: sites.WatchedIncomingRunner\nsleep_time: 0\n"
+    )
     as_nobody = (
         "import os, shutil, sys\n"  # the interpreter's modules are under /root
-        "import mailqueue.runners\n"  # everything imported, as root
+        "import mailqueue.runners, sites\n"  # everything imported, as root
         "from mailqueue.cli import main\n"
         "os.setgid(65534)\n"
         "os.setuid(65534)\n"
         f"sys.exit(main(['-C', {str(config_file)!r}, 'runner', 'in']))\n"
     )
-    runner = subprocess.Popen([sys.executable, "-c", as_nobody])
-    time.sleep(5)
+    record = Path(var_dir, "record")  # where nobody may write
+    runner = subprocess.Popen(
+        [sys.executable, "-c", as_nobody], env=watched_environment(record)
+    )
+    # A pass that could take nothing ends with a wait: 0.2 s the first time,
+    # twice as long each next time.  Four passes end three waits apart.
+    wait_for(lambda: len(recorded(record, "pass")) >= 4, 60, "four passes")
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=30) == 0
+    passes = recorded(record, "pass")
+    assert {found for found, _ in passes} == {3}  # every pass saw the three
+    ends = [ended for _, ended in passes]
+    waits = [later - earlier for earlier, later in itertools.pairwise(ends)]
+    for number, waited in enumerate(waits[:3], start=2):
+        assert waited >= FIRST_BACKOFF * 2**number, waits
     log = Path(var_dir, "logs", "error.log").read_text().splitlines()
-    # Once, then how often it repeated; passes 0.2, 0.4, 0.8, 1.6 s apart.
+    # Once, then how often it repeated: three entries a pass, and the runner
+    # stopped during or just after the pass that followed the last it ended.
     assert len(log) == 2, log
     assert log[0].endswith(
         f"in runner cannot take entries from {queue}: Permission denied"
     )
     repeats = int(log[1].split("(")[-1].split()[0])
-    assert 3 <= repeats <= 3 * 6, log  # three entries a pass, at most six passes
+    assert 3 * len(passes) - 1 <= repeats <= 3 * len(passes) + 2, (passes, log)
     assert len(config.switchboards["in"].files) == 3
 
 

@@ -112,6 +112,21 @@ def spread(owner_of) -> dict[str, str]:
     }
 
 
+def settled(host: Host) -> bool:
+    """True once in and out hold no entry, queued or in progress, on *host*'s mount.
+
+    An entry is a ``.pck`` or ``.bak`` file from the moment it is queued
+    until it is finished, after its delivery; so what has been delivered
+    then is all that ever will be, repeats too.  (A ``.tmp`` a killed runner
+    left is no entry.)
+    """
+    return not any(
+        name.endswith((".pck", ".bak"))
+        for queue in QUEUES
+        for name in os.listdir(os.path.join(host.mount, "queue", queue))
+    )
+
+
 def inject(host: Host, numbers: range) -> None:
     queue = Switchboard("in", os.path.join(host.mount, "queue", "in"))
     for number in numbers:
@@ -192,7 +207,7 @@ def run(volume, url: str, root: str, messages: int) -> dict:
             beta.site.log("runner.log"),
         )
         report[".bak files alpha left, recovered by beta"] = sum(map(int, recovered))
-        wait(lambda: all_of(crash), 600, "the batch alpha crashed in")
+        wait(lambda: all_of(crash) and settled(beta), 600, "the batch alpha crashed in")
         delivered = everything()
         twice = len(delivered) - len(set(delivered))
         report["delivered twice after the crash"] = twice
@@ -210,8 +225,7 @@ def run(volume, url: str, root: str, messages: int) -> dict:
         start = time.monotonic()
         wait(lambda: beta.owners() == preferred, 120, "alpha to take its slices back")
         report["handed back (s)"] = round(time.monotonic() - start, 2)
-        wait(lambda: all_of(back), 600, "the last batch")
-        time.sleep(2)  # anything delivered twice would be by now
+        wait(lambda: all_of(back) and settled(beta), 600, "the last batch")
         again = [n for n in everything() if n in back]
         report["delivered twice while handing back"] = len(again) - len(back)
         if len(again) != len(back):
