@@ -22,6 +22,8 @@ LAYERS = {
     "safepickle": 0,
     "seal": 0,
     "qfile": 0,
+    "spares": 0,
+    "entry_format": 0,
     "switchboard": 0,
     "lists": 0,
     "logs": 0,
