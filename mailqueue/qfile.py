@@ -1,10 +1,11 @@
 """Queue files: their names and order, and reading and writing them safely.
 
-A queue entry is one file (what it holds is :mod:`mailqueue.entry`'s).  Its
-name is ``<time>+<digest><extension>``: the time the entry was made (a
-decimal number of seconds since the epoch, as ``repr(float)`` writes it) and
-the 40 hexadecimal digits of a SHA-1 digest.  The time orders a queue first
-in, first out; the digest places the entry in a slice of the hash space.
+A queue entry is one file; what it holds is :mod:`mailqueue.entry_format`'s.
+Its name is ``<time>+<digest><extension>``: the time the entry was made (a
+decimal number of seconds since the epoch, as ``repr(float)`` writes it)
+and the 40 hexadecimal digits of a SHA-1 digest.  The time orders a queue
+first in, first out; the digest places the entry in a slice of the hash
+space.
 
 Queue files are untrusted input.  Only regular files are read, never
 through a symbolic link, and only up to a size limit.
