@@ -311,6 +311,8 @@ class Switchboard:
         The metadata is *metadata* updated with *kws*.  Keys that start with
         ``_`` are not stored, except that ``version`` and ``_parsemsg`` are
         always set.  With ``_plaintext=True`` the message is stored as text.
+        What is written, and what is refused, is
+        :func:`mailqueue.entry_format.encode`'s.
         """
         data = dict(metadata or {})
         data.update(kws)
