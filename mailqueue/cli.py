@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailqueue import __version__, metrics, qfile, queuetools
+from mailqueue import __version__, entry_format, metrics, qfile, queuetools
 from mailqueue.configuration import (
     ConfigurationError,
     config,
@@ -704,7 +704,7 @@ _PICKLE_START = re.compile(rb"\x80[\x02-\x05]")
 
 
 def _load_queue_file(path: str) -> tuple[Any, dict[str, Any], memoryview]:
-    """Load the queue file at *path*, as :func:`mailqueue.qfile.load_entry` does.
+    """Load the queue file at *path*, as :func:`mailqueue.entry_format.load_entry` does.
 
     A file that does not even begin as a pickle is said to be no queue file,
     rather than described as a pickle that went wrong at its first byte.
@@ -717,7 +717,7 @@ def _load_queue_file(path: str) -> tuple[Any, dict[str, Any], memoryview]:
             f"{name}: not a queue file (a queue file is a pickle, which begins "
             f"with byte 0x80; this one {begins})"
         )
-    return qfile.parse_entry(data, name)
+    return entry_format.parse_entry(data, name)
 
 
 def _shown(path: str, msg: Any, metadata: dict[str, Any], as_json: bool) -> Any:
@@ -742,14 +742,14 @@ def _shown(path: str, msg: Any, metadata: dict[str, Any], as_json: bool) -> Any:
 
 def _readable(metadata: dict[str, Any]) -> dict[str, Any]:
     """*metadata* with its first-queued time also written as a date, for a person."""
-    when = metadata.get(qfile.FIRST_QUEUED)
+    when = metadata.get(entry_format.FIRST_QUEUED)
     if when is None:
         return metadata
     try:
         date = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
     except (OverflowError, OSError):
         return metadata  # a time no calendar has: as it is
-    return metadata | {qfile.FIRST_QUEUED: f"{when} ({date})"}
+    return metadata | {entry_format.FIRST_QUEUED: f"{when} ({date})"}
 
 
 def _jsonable(value: Any) -> Any:

@@ -46,10 +46,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+from mailqueue.entry_format import QFILE_SCHEMA_VERSION
 from mailqueue.errors import MailqueueError
 from mailqueue.lists import ListManager, MailingList
 from mailqueue.mailman_site import MailmanSite, MailmanSiteError, read_site
-from mailqueue.qfile import QFILE_SCHEMA_VERSION
 from mailqueue.seal import Seal
 from mailqueue.switchboard import Switchboard
 

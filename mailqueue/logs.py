@@ -85,7 +85,7 @@ def fields(**values: object) -> str:
     backslash before each ``"`` and ``\\`` in it; an empty value is ``""``.
     So ``shlex.split()`` reads the line back into ``key=value`` words, and
     the first ``=`` of each word ends its key.  The values must be printable
-    text already (see :func:`mailqueue.qfile.one_line`); others are written
+    text already (see :func:`mailqueue.entry_format.one_line`); others are written
     as ``str()`` writes them.
     """
     written = []

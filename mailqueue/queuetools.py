@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mailqueue import qfile
+from mailqueue import entry_format, qfile
 from mailqueue.configuration import config
 from mailqueue.errors import MailqueueError
 from mailqueue.message import decoded
@@ -169,7 +169,7 @@ def _read(queue: str, path: str, parsed: qfile.FileBase) -> QueueEntry:
     except OSError:
         size = 0  # gone since it was listed: the load below says so
     try:
-        msg, metadata, _ = qfile.load_entry(path, config.max_entry_size)
+        msg, metadata, _ = entry_format.load_entry(path, config.max_entry_size)
     except (OSError, qfile.QueueFileError) as error:
         return QueueEntry(
             queue,
@@ -202,9 +202,9 @@ def _read(queue: str, path: str, parsed: qfile.FileBase) -> QueueEntry:
         mlist,
         sender,
         subject,
-        first_queued=metadata.get(qfile.FIRST_QUEUED, parsed.when),
-        attempts=metadata.get(qfile.ATTEMPTS, 0),
-        reason=qfile.one_line(metadata.get(qfile.REASON, ""), 500),
+        first_queued=metadata.get(entry_format.FIRST_QUEUED, parsed.when),
+        attempts=metadata.get(entry_format.ATTEMPTS, 0),
+        reason=entry_format.one_line(metadata.get(entry_format.REASON, ""), 500),
     )
 
 
@@ -267,7 +267,9 @@ def requeue(entry: QueueEntry, queue: str, reset_count: bool = False) -> str:
     gone = f"{entry.filebase} is gone (or a runner took it)"
     if config.mailman is not None or reset_count:
         try:
-            _, metadata, message = qfile.load_entry(entry.path, config.max_entry_size)
+            _, metadata, message = entry_format.load_entry(
+                entry.path, config.max_entry_size
+            )
         except FileNotFoundError:
             raise EntryError(
                 f"{entry.filebase} is gone (or a runner took it)"
@@ -427,7 +429,7 @@ def unshunt(discard: bool = False) -> Iterator[Unshunted]:
 def _unshunt_one(taken: str, filebase: str, discard: bool) -> Unshunted:
     shunt = os.path.dirname(taken)
     try:
-        _, metadata, message = qfile.load_entry(taken, config.max_entry_size)
+        _, metadata, message = entry_format.load_entry(taken, config.max_entry_size)
     except qfile.QueueFileError as error:
         _preserve(taken, filebase)
         return Unshunted(filebase, False, f"{error}; moved to bad")
@@ -521,6 +523,6 @@ def _move_file(
         return
     metadata = {key: value for key, value in metadata.items() if key != "_bak_count"}
     qfile.make_directories(directory)
-    qfile.write_file(target, (message, qfile.dump_checked(metadata, "metadata")))
+    qfile.write_file(target, entry_format.reencode(filebase, message, metadata))
     os.unlink(taken)
     qfile.fsync_directory(os.path.dirname(taken))

@@ -14,20 +14,14 @@ from types import FrameType
 from typing import Any
 
 from mailqueue.configuration import ConfigurationError, config
+from mailqueue.entry_format import ATTEMPTS, FIRST_QUEUED, REASON, one_line
 from mailqueue.errors import MailqueueError
 from mailqueue.lists import MailingList
 from mailqueue.logs import reopen_logs
 from mailqueue.message import Message
 from mailqueue.metrics import Counters
 from mailqueue.ownership import Standby
-from mailqueue.qfile import (
-    ATTEMPTS,
-    FIRST_QUEUED,
-    REASON,
-    QueueFileError,
-    one_line,
-    parse_filebase,
-)
+from mailqueue.qfile import QueueFileError, parse_filebase
 from mailqueue.switchboard import Switchboard
 
 __all__ = [

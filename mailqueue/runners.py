@@ -25,10 +25,11 @@ import time
 from typing import Any
 
 from mailqueue.configuration import config
+from mailqueue.entry_format import one_line
 from mailqueue.lists import MailingList, check_list_id
 from mailqueue.logs import fields
 from mailqueue.message import Message
-from mailqueue.qfile import fsync_directory, one_line
+from mailqueue.qfile import fsync_directory
 from mailqueue.runner import Runner, _message_id
 
 __all__ = [

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import email
-import email.message
 import errno
 import fcntl
 import logging
@@ -13,22 +11,17 @@ import socket
 import time
 from typing import Any
 
-from mailqueue import ownership, qfile
-from mailqueue.errors import MailqueueError
+from mailqueue import entry_format, ownership, qfile
 from mailqueue.message import Message
-from mailqueue.seal import MAX_RANGES, RANGE_SIZE, SEAL_MAX, TRAILER_SIZE, Seal
+from mailqueue.seal import Seal
+from mailqueue.spares import SparePool
 
 __all__ = [
     "MAX_BAK_COUNT",
     "STALE_TEMPORARY_AFTER",
-    "EntryTooLargeError",
     "Switchboard",
     "default_bad_directory",
 ]
-
-
-class EntryTooLargeError(MailqueueError, ValueError):
-    """An entry larger than its queue's ``max_entry_size``: it is not queued."""
 
 
 #: How many times an entry may be left as a ``.bak``: the recovery that finds
@@ -119,7 +112,7 @@ class Switchboard:
     """
 
     #: Whether a small finished entry may be kept as a spare file, to be
-    #: written over by a later one (see :class:`~mailqueue.qfile.SparePool`;
+    #: written over by a later one (see :class:`~mailqueue.spares.SparePool`;
     #: never on a network file system).  A subclass that wants a new file
     #: for every entry sets it to False.
     keep_spares = True
@@ -168,7 +161,7 @@ class Switchboard:
         self._reported: set[str] = set()
         self._locks = ownership.SliceLocks(queue_directory, slice, numslices, self.host)
         self.recovered = 0
-        self._spares = qfile.SparePool(queue_directory)
+        self._spares = SparePool(queue_directory)
         if not self.keep_spares:
             self._spares.enabled = False
         #: The sizes of the entries this switchboard dequeued and has not
@@ -265,47 +258,16 @@ class Switchboard:
         The metadata is *metadata* updated with *kws*.  Keys that start with
         ``_`` are not stored, except that ``version`` and ``_parsemsg`` are
         always set.  With ``_plaintext=True`` the message is stored as text.
+        What is written, and what is refused, is
+        :func:`mailqueue.entry_format.encode`'s.
         """
         data = dict(metadata or {})
         data.update(kws)
-        odd = [key for key in data if not isinstance(key, str)]
-        if odd:
-            raise TypeError(
-                f"cannot queue metadata with a key that is not text: {odd[0]!r:.40}"
-            )
-        # Metadata may come from a queue file: never ask an object of it for
-        # its truth, only plain flags and text are taken.
-        plaintext = _flag(data.get("_plaintext"))
-        stored = {key: value for key, value in data.items() if not key.startswith("_")}
-        stored["version"] = qfile.QFILE_SCHEMA_VERSION
-        stored["_parsemsg"] = plaintext
-        # What a reader would refuse is not written (an entry's history).
-        problem = qfile.reserved_key_problem(stored)
-        if problem:
-            raise TypeError(f"cannot queue this metadata: {problem}")
-        if not isinstance(msg, email.message.Message):
-            raise TypeError(f"cannot queue a {type(msg).__name__}: not a message")
-        # Where the long strings of a large message are, for its seal.
-        long_strings: list[tuple[int, int]] | None = None if self.seal is None else []
-        message_pickle = qfile.dump_checked(
-            _as_text(msg) if plaintext else msg, "message", long_strings
+        filebase, parts = entry_format.encode(
+            msg, data, self.seal, self.max_entry_size, self.name
         )
-        metadata_pickle = qfile.dump_checked(stored, "metadata")
-        size = len(message_pickle) + len(metadata_pickle)
-        if size > self.max_entry_size:
-            raise EntryTooLargeError(
-                f"cannot queue an entry of {size:,} bytes in the {self.name!r} "
-                f"queue: its limit is {self.max_entry_size:,}"
-            )
-        names = [data.get(key) for key in ("listid", "listname")]
-        list_id = next((name for name in names if isinstance(name, str) and name), "")
-        filebase = qfile.make_filebase(message_pickle, list_id or "--nolist--")
         try:
-            qfile.write_file(
-                self._path(filebase, ".pck"),
-                self._sealed(filebase, message_pickle, metadata_pickle, long_strings),
-                self._spares,
-            )
+            qfile.write_file(self._path(filebase, ".pck"), parts, self._spares)
         except OSError as error:
             raise OSError(
                 error.errno,
@@ -313,27 +275,6 @@ class Switchboard:
                 f"{self.queue_directory}: {error.strerror or error}",
             ) from error
         return filebase
-
-    def _sealed(
-        self,
-        filebase: str,
-        message_pickle: bytes | memoryview,
-        metadata_pickle: bytes,
-        long_strings: list[tuple[int, int]] | None = None,
-    ) -> tuple[bytes | memoryview, ...]:
-        # The two pickles, and their seal if there is a key, and either they
-        # are small or the check told where the message's long strings are
-        # (the seal leaves those out).
-        parts = (message_pickle, metadata_pickle)
-        if self.seal is None:
-            return parts
-        ranges = (long_strings or [])[:MAX_RANGES]
-        size = len(message_pickle) + len(metadata_pickle)
-        size += TRAILER_SIZE + RANGE_SIZE * len(ranges)
-        if size > self.max_entry_size or (size > SEAL_MAX and not ranges):
-            return parts
-        trailer = self.seal.trailer(filebase, parts, ranges)
-        return parts if trailer is None else (*parts, trailer)
 
     def dequeue(self, filebase: str) -> tuple[Message, dict[str, Any]]:
         """Take the entry *filebase* for processing; return its message and metadata.
@@ -389,23 +330,7 @@ class Switchboard:
         if len(self._sizes) >= _SIZES_KEPT:
             self._sizes.clear()  # dequeued and never finished: forget them
         self._sizes[filebase] = len(content)
-        msg, data, _ = qfile.parse_entry(
-            content, filebase + ".bak", self.seal, filebase
-        )
-        if _flag(data.get("_parsemsg")):
-            if not isinstance(msg, str):
-                raise qfile.QueueFileError(f"{filebase}: _parsemsg set, but not text")
-            data["original_size"] = len(msg)
-            try:
-                msg = email.message_from_string(msg, _class=Message)
-            except Exception as error:
-                raise qfile.QueueFileError(
-                    f"{filebase}: the text is not a message ({type(error).__name__})"
-                ) from None
-            msg.original_size = data["original_size"]
-        elif isinstance(msg, str):
-            raise qfile.QueueFileError(f"{filebase}: text stored without _parsemsg")
-        return msg, data
+        return entry_format.decode(content, filebase, filebase + ".bak", self.seal)
 
     def finish(self, filebase: str, preserve: bool = False) -> None:
         """Finish with *filebase*: remove it, or with *preserve* move it to ``bad``.
@@ -566,7 +491,7 @@ class Switchboard:
     def _recover(self, filebase: str) -> None:
         backup = self._path(filebase, ".bak")
         try:
-            _msg, data, message_pickle = qfile.load_entry(
+            _msg, data, message_pickle = entry_format.load_entry(
                 backup, self.max_entry_size, self.seal
             )
         except qfile.QueueFileError as error:
@@ -585,12 +510,12 @@ class Switchboard:
             elog.error("Preserving backup %s: its .pck exists already", filebase)
             self.finish(filebase, preserve=True)
             return
-        metadata_pickle = qfile.dump_checked(data, "metadata")
+        parts = entry_format.reencode(
+            filebase, message_pickle, data, self.seal, self.max_entry_size
+        )
         # Count first (an atomic replace of the .bak), then requeue: a crash
         # in between can only count one recovery too many.
-        qfile.write_file(
-            backup, self._sealed(filebase, message_pickle, metadata_pickle)
-        )
+        qfile.write_file(backup, parts)
         os.rename(backup, queued)
 
 
@@ -605,15 +530,3 @@ def default_bad_directory(queue_directory: str) -> str:
     return os.path.join(parent, "bad")
 
 
-def _flag(value: Any) -> bool:
-    """A flag from metadata: true only for ``True`` or a non-zero integer."""
-    return type(value) in (bool, int) and value != 0
-
-
-def _as_text(msg: email.message.Message) -> str:
-    try:
-        return str(msg)
-    except Exception as error:
-        raise TypeError(
-            f"cannot queue this message as text: {type(error).__name__}"
-        ) from None

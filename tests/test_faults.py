@@ -16,7 +16,14 @@ import pytest
 
 import mailqueue.ownership as ownership_module
 import mailqueue.switchboard as switchboard_module
-from mailqueue import QueueFileError, Switchboard, message_from_string, qfile
+from mailqueue import (
+    QueueFileError,
+    Switchboard,
+    entry_format,
+    message_from_string,
+    qfile,
+    spares,
+)
 from mailqueue.ownership import slice_owner
 
 TEXT = "From: aperson@example.com\nTo: test@example.com\nSubject: fault\n\nHello.\n"
@@ -38,13 +45,15 @@ def open_descriptors():
 
 def payload(queue, filebase):
     path = os.path.join(queue.queue_directory, filebase + ".pck")
-    return qfile.load_entry(path)[0].get_payload()
+    return entry_format.load_entry(path)[0].get_payload()
 
 
 def entry_parts():
     return (
-        qfile.dump_checked(message_from_string(TEXT), "message"),
-        qfile.dump_checked({"version": qfile.QFILE_SCHEMA_VERSION}, "metadata"),
+        entry_format.dump_checked(message_from_string(TEXT), "message"),
+        entry_format.dump_checked(
+            {"version": entry_format.QFILE_SCHEMA_VERSION}, "metadata"
+        ),
     )
 
 
@@ -109,7 +118,7 @@ def test_a_short_write_is_finished_by_further_writes(tmp_path, monkeypatch):
     qfile.write_file(path, parts)
     monkeypatch.undo()
     assert qfile.read_file(path) == whole
-    assert qfile.load_entry(path)[0]["subject"] == "fault"
+    assert entry_format.load_entry(path)[0]["subject"] == "fault"
     assert listing(tmp_path) == ["1.0+entry.pck"]
 
 
@@ -169,15 +178,15 @@ def test_a_pickle_the_checker_misjudged_is_refused_all_the_same(monkeypatch):
     # Defence in depth: the checker and the unpickler are two layers, and the
     # reader does not take the checker's word for what was built.
     data = pickle.dumps(5, 4) + pickle.dumps({"version": 3}, 4)
-    real_check = qfile.safepickle.check
+    real_check = entry_format.safepickle.check
 
     def misjudged(data, position=0):
         made, end = real_check(data, position)
         return ("message" if position == 0 else made), end
 
-    monkeypatch.setattr(qfile.safepickle, "check", misjudged)
+    monkeypatch.setattr(entry_format.safepickle, "check", misjudged)
     with pytest.raises(QueueFileError) as raised:
-        qfile.parse_entry(data, "x.pck")
+        entry_format.parse_entry(data, "x.pck")
     assert str(raised.value) == "x.pck: not a message and its metadata"
 
 
@@ -273,7 +282,7 @@ def test_spares_are_off_when_the_mounts_cannot_be_read(tmp_path, content):
     mountinfo = tmp_path / "mountinfo"
     if content is not None:
         mountinfo.write_text(content)
-    assert qfile.is_local_file_system(str(tmp_path), str(mountinfo)) is False
+    assert spares.is_local_file_system(str(tmp_path), str(mountinfo)) is False
 
 
 # Dequeuing ------------------------------------------------------------------
@@ -287,7 +296,7 @@ def test_text_too_deeply_nested_to_parse_is_not_a_message(queue):
         text += f'Content-Type: multipart/mixed; boundary="b{depth}"\n\n--b{depth}\n'
     filebase = qfile.make_filebase(b"", "--nolist--")
     path = os.path.join(queue.queue_directory, filebase + ".pck")
-    metadata = {"version": qfile.QFILE_SCHEMA_VERSION, "_parsemsg": True}
+    metadata = {"version": entry_format.QFILE_SCHEMA_VERSION, "_parsemsg": True}
     qfile.write_file(path, (pickle.dumps(text, 4), pickle.dumps(metadata, 4)))
     with pytest.raises(QueueFileError) as raised:
         queue.dequeue(filebase)
@@ -371,14 +380,14 @@ def test_a_backup_gone_before_it_is_recovered_is_passed_over(
     queue, monkeypatch, caplog
 ):
     first, second = backups(queue, 2)
-    real_load = qfile.load_entry
+    real_load = entry_format.load_entry
 
     def gone_first(path, *arguments):
         os.unlink(path)  # finished by its runner just after the listing
         return real_load(path, *arguments)
 
     monkeypatch.setattr(
-        qfile,
+        entry_format,
         "load_entry",
         once(real_load, lambda path, *arguments: first in path, gone_first),
     )
@@ -412,7 +421,7 @@ def test_a_backup_that_cannot_be_written_back_is_preserved_and_recovery_goes_on(
     assert listing(queue.queue_directory) == [second + ".pck"]
     # The preserved entry is whole, not counted: nothing was half written.
     path = os.path.join(queue.bad_directory, first + ".psv")
-    msg, metadata, _ = qfile.load_entry(path)
+    msg, metadata, _ = entry_format.load_entry(path)
     assert msg["subject"] == "0"
     assert "_bak_count" not in metadata
 

@@ -23,6 +23,8 @@ LAYERS = {
     "seal": 0,
     "qfile": 0,
     "ownership": 0,
+    "spares": 0,
+    "entry_format": 0,
     "switchboard": 0,
     "lists": 0,
     "logs": 0,

@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from mailqueue import config, message_from_string, qfile, queuetools
+from mailqueue import config, entry_format, message_from_string, qfile, queuetools
 from mailqueue.cli import main
 from mailqueue.configuration import Configuration, ConfigurationError
 from mailqueue.message import decoded
@@ -127,12 +127,12 @@ def test_requeue_says_what_mailmans_runner_needs(capsys, mailman):
 def test_requeue_reset_count(capsys, var_dir, monkeypatch):
     filebase = queued("retry", listid="test.example.com")
     path = os.path.join(config.runners["retry"].path, filebase + ".pck")
-    _, metadata, message = qfile.load_entry(path)
+    _, metadata, message = entry_format.load_entry(path)
     stored = bytes(message)
     metadata["_bak_count"] = 3
     qfile.write_file(path, (message, pickle.dumps(metadata, 4)))
     assert run(capsys, "requeue", "--to", "retry", "--reset-count", filebase)[0] == 0
-    _, metadata, message = qfile.load_entry(path)
+    _, metadata, message = entry_format.load_entry(path)
     assert "_bak_count" not in metadata and bytes(message) == stored
     # Gone as it is taken, or in the way where it goes: left as it was.
     [entry] = queuetools.list_entries(["retry"])
@@ -155,14 +155,14 @@ def test_requeue_reset_count(capsys, var_dir, monkeypatch):
 def test_unshunt_goes_on_past_any_failure(capsys, var_dir, monkeypatch):
     first = queued("shunt", whichq="in")
     second = queued("shunt", whichq="in")
-    real = qfile.load_entry
+    real = entry_format.load_entry
 
     def failing(path, *args):
         if first in path:
             raise RuntimeError("disk on fire")
         return real(path, *args)
 
-    monkeypatch.setattr(qfile, "load_entry", failing)
+    monkeypatch.setattr(entry_format, "load_entry", failing)
     status, out, err = run(capsys, "unshunt")
     assert status == 1 and out == f"moved {second} to in as {second}\n"
     assert (
@@ -191,7 +191,7 @@ def test_unshunt_keeps_both_when_the_name_comes_back_while_it_works(
     first = queued("shunt", whichq="nowhere")
     second = queued("shunt", whichq="in")
     shunt = config.runners["shunt"].path
-    real = qfile.load_entry
+    real = entry_format.load_entry
 
     def racing(path, *args):
         if first in path:
@@ -199,7 +199,7 @@ def test_unshunt_keeps_both_when_the_name_comes_back_while_it_works(
                 other.write(b"another process's entry")
         return real(path, *args)
 
-    monkeypatch.setattr(qfile, "load_entry", racing)
+    monkeypatch.setattr(entry_format, "load_entry", racing)
     status, out, err = run(capsys, "unshunt")
     assert status == 1 and out == f"moved {second} to in as {second}\n"
     assert err.startswith(f"mailqueue: error: {first}: EntryError: ")

@@ -22,7 +22,7 @@ from email.mime.multipart import MIMEMultipart
 
 import pytest
 
-from mailqueue import config, message_from_string, qfile
+from mailqueue import config, entry_format, message_from_string, qfile
 from mailqueue.cli import main
 from mailqueue.configuration import Configuration, ConfigurationError
 
@@ -176,7 +176,7 @@ def test_unshunt_keeps_whichq_and_the_message_pickle_byte_for_byte(
     names = sorted(os.listdir(out))
     assert len(names) == 2
     for name in names:
-        _, metadata, pickled = qfile.load_entry(os.path.join(out, name))
+        _, metadata, pickled = entry_format.load_entry(os.path.join(out, name))
         assert metadata == {"version": 3, "_parsemsg": False, **meta}
         assert bytes(pickled) == message  # Mailman's class name and all
     # Each keeps its file base, and without a count to start again the very
@@ -489,7 +489,7 @@ def test_requeue_on_a_mailman_site_checks_recipients_and_resets_the_count(
     assert out == f"requeued {addressed} (in) to out\n"
     assert os.listdir(site.queue("out")) == [addressed + ".pck"]
     # Preserved in bad after three recoveries: back to in, counted from 0.
-    message = qfile.dump_checked(plain_message("counted"), "message")
+    message = entry_format.dump_checked(plain_message("counted"), "message")
     counted = write_entry(
         site.queue("bad"), message, ".psv", listid=LISTID, _bak_count=3
     )
@@ -497,7 +497,7 @@ def test_requeue_on_a_mailman_site_checks_recipients_and_resets_the_count(
     assert (status, err) == (0, "")
     assert out == f"requeued {counted} (bad) to in\n"
     assert os.listdir(site.queue("bad")) == []
-    _, metadata, pickled = qfile.load_entry(
+    _, metadata, pickled = entry_format.load_entry(
         os.path.join(site.queue("in"), counted + ".pck")
     )
     assert metadata == {"version": 3, "_parsemsg": False, "listid": LISTID}

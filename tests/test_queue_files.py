@@ -15,6 +15,7 @@ from mailqueue import (
     QueueFileError,
     Switchboard,
     config,
+    entry_format,
     message_from_string,
     qfile,
 )
@@ -171,7 +172,7 @@ def test_enqueue_writes_fsyncs_renames_then_fsyncs_the_directory(
     monkeypatch.undo()
     # Nothing of the longer entry the spare held is left in the new one.
     path = os.path.join(queue.queue_directory, filebase + ".pck")
-    msg, _, _ = qfile.load_entry(path)
+    msg, _, _ = entry_format.load_entry(path)
     assert msg.get_payload() == message_from_string(TEXT).get_payload()
     if spare:
         assert os.listdir(queue._spares.directory) == []
@@ -292,7 +293,7 @@ def test_what_read_file_and_parse_entry_refuse(queue, tmp_path):
         (msg + pickle.dumps({"_parsemsg": "yes"}), "_parsemsg is not a flag"),
     ):
         with pytest.raises(QueueFileError, match=refusal):
-            qfile.parse_entry(data, "entry.pck")
+            entry_format.parse_entry(data, "entry.pck")
 
 
 def test_a_message_that_cannot_be_written_as_text_is_not_queued(queue):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailqueue import Switchboard, message_from_string, qfile, safepickle
+from mailqueue import Switchboard, entry_format, message_from_string, qfile, safepickle
 from mailqueue.cli import main
 from mailqueue.configuration import config
 from mailqueue.seal import (
@@ -115,7 +115,7 @@ def test_a_sealed_entry_that_is_not_two_pickles_is_refused(queue, tmp_path):
     with open(path, "wb") as stream:
         stream.write(pickles + seal.trailer("1600000000.0+" + "8" * 40, (pickles,)))
     with pytest.raises(qfile.QueueFileError, match="5 bytes follow"):
-        qfile.load_entry(path, seal=seal)
+        entry_format.load_entry(path, seal=seal)
 
 
 def test_recovery_keeps_the_seal(queue, checks):

@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from mailqueue import Switchboard, message_from_string, qfile
+from mailqueue import Switchboard, entry_format, message_from_string, qfile, spares
 
 TEXT = "From: aperson@example.com\nTo: test@example.com\nSubject: spare\n\nHello.\n"
 
@@ -34,7 +34,7 @@ def slots(queue):
 
 def entry(queue, filebase):
     path = os.path.join(queue.queue_directory, filebase + ".pck")
-    return qfile.load_entry(path)[0]
+    return entry_format.load_entry(path)[0]
 
 
 def test_a_finished_entry_becomes_the_next_ones_file(queue):
@@ -47,7 +47,7 @@ def test_a_finished_entry_becomes_the_next_ones_file(queue):
     assert slots(queue) == []
     # Cut to the new entry's length: nothing of the longer one is left.
     assert entry(queue, filebase).get_payload() == "Hello.\n"
-    _, _, message_pickle = qfile.load_entry(path)
+    _, _, message_pickle = entry_format.load_entry(path)
     assert os.path.getsize(path) == len(qfile.read_file(path))
     assert len(message_pickle) < os.path.getsize(path)
     # The queue directory itself holds entries only.
@@ -60,10 +60,10 @@ def test_the_pool_holds_a_few_small_files_and_no_more(queue):
         queue.dequeue(filebase)
     for filebase in filebases:
         queue.finish(filebase)
-    assert len(slots(queue)) == qfile.SparePool.slots
+    assert len(slots(queue)) == spares.SparePool.slots
     assert os.listdir(queue.queue_directory) == []
     # An entry larger than a spare may be is removed, not kept.
-    big = queue.enqueue(message_from_string(TEXT + "x" * qfile.SparePool.max_size))
+    big = queue.enqueue(message_from_string(TEXT + "x" * spares.SparePool.max_size))
     queue.dequeue(big)
     for name in slots(queue):
         os.unlink(os.path.join(queue._spares.directory, name))
@@ -165,7 +165,7 @@ MOUNTINFO = """\
 def test_spares_only_on_a_local_file_system(tmp_path, directory, local):
     mountinfo = tmp_path / "mountinfo"
     mountinfo.write_text(MOUNTINFO)
-    assert qfile.is_local_file_system(directory, str(mountinfo)) is local
+    assert spares.is_local_file_system(directory, str(mountinfo)) is local
 
 
 def test_no_spares_where_the_file_system_is_not_local(queue, monkeypatch):

@@ -22,8 +22,9 @@ from mailqueue import config, create_list, logs, message_from_string, queuetools
 from mailqueue import runner as runner_module
 from mailqueue.cli import main
 from mailqueue.configuration import ConfigurationError
+from mailqueue.entry_format import parse_entry
 from mailqueue.logs import logging_to
-from mailqueue.qfile import QueueFileError, parse_entry, parse_filebase
+from mailqueue.qfile import QueueFileError, parse_filebase
 from mailqueue.runner import Runner, _RepeatedErrors
 from mailqueue.runners import IncomingRunner, OutgoingRunner, RetryRunner, maildir
 

@@ -74,7 +74,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from mailqueue import qfile, queuetools, switchboard
+from mailqueue import entry_format, qfile, queuetools, switchboard
 from mailqueue.configuration import config
 from mailqueue.message import Message
 from mailqueue.runner import Runner
@@ -249,9 +249,11 @@ def _set_count(
     board = _queue(queue)
     filebase = _filebase(names, token)
     path = os.path.join(board.queue_directory, filebase + ".pck")
-    _msg, data, message_pickle = qfile.load_entry(path)
+    _msg, data, message_pickle = entry_format.load_entry(path)
     data["_bak_count"] = count
-    qfile.write_file(path, (message_pickle, qfile.dump_checked(data, "metadata")))
+    qfile.write_file(
+        path, (message_pickle, entry_format.dump_checked(data, "metadata"))
+    )
 
 
 SCENARIOS = [
@@ -1034,7 +1036,7 @@ def recover(root: str) -> dict[str, Any]:
                     continue
                 path = os.path.join(directory, file)
                 try:
-                    msg, data, _ = qfile.load_entry(path)
+                    msg, data, _ = entry_format.load_entry(path)
                     text = msg.as_string() if not isinstance(msg, str) else msg
                 except qfile.QueueFileError as error:
                     found.append(

@@ -62,12 +62,12 @@ from mailqueue import (
     Switchboard,
     config,
     create_list,
+    entry_format,
     message_from_string,
-    qfile,
     safepickle,
 )
 from mailqueue import cli as command_line
-from mailqueue.qfile import load_entry
+from mailqueue.entry_format import load_entry
 from mailqueue.runners import IncomingRunner, OutgoingRunner
 from mailqueue.seal import SEAL_MAX, TRAILER_SIZE, Seal
 
@@ -227,10 +227,10 @@ def _in_a_sealed_body(data: bytes) -> bytes:
     """
     body = "x" * max(SEAL_MAX, len(data))
     ranges: list[tuple[int, int]] = []
-    message = qfile.dump_checked(
+    message = entry_format.dump_checked(
         message_from_string(f"Subject: long\n\n{body}"), "message", ranges
     )
-    parts = (message, qfile.dump_checked({"listid": LIST_ID}, "metadata"))
+    parts = (message, entry_format.dump_checked({"listid": LIST_ID}, "metadata"))
     trailer = config.seal.trailer(HOSTILE, parts, ranges)
     assert trailer is not None and len(ranges) == 1
     offset, length = ranges[0]

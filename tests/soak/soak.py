@@ -44,7 +44,8 @@ from pathlib import Path
 
 import mailqueue
 from mailqueue import Switchboard, config, message_from_string
-from mailqueue.qfile import QueueFileError, load_entry
+from mailqueue.entry_format import load_entry
+from mailqueue.qfile import QueueFileError
 
 LIST = "soak@example.com"
 LIST_ID = "soak.example.com"
