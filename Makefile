@@ -89,7 +89,7 @@ build/conformance/%/report.json: $(STAMP) $(CONFORMANCE_SOURCES) | $(MEASURED)
 	-$(CONFORMANCE) $* --report build/conformance/$* > /dev/null
 
 conformance-matrix: $(STAMP)
-	$(BIN)/python tests/matrix/matrix.py --report $(MATRIX_REPORT) \
+	$(BIN)/python tools/matrix/matrix.py --report $(MATRIX_REPORT) \
 		$(if $(RELEASES),--releases $(RELEASES))
 
 # Also part of make test (which is what CI runs).
@@ -123,11 +123,11 @@ docs: $(STAMP) conformance-results
 
 docs-check: docs
 	@command -v chromium > /dev/null || $(APT_INSTALL) chromium
-	$(BIN)/python tests/browser/check_site.py build/html --screenshots build/screenshots
+	$(BIN)/python tools/browser/check_site.py build/html --screenshots build/screenshots
 
 lint: $(STAMP)
-	$(BIN)/ruff check mailqueue tests docs conftest.py
-	$(BIN)/ruff format --check mailqueue tests docs conftest.py
+	$(BIN)/ruff check mailqueue tests tools docs conftest.py
+	$(BIN)/ruff format --check mailqueue tests tools docs conftest.py
 	$(BIN)/mypy
 
 # Branch coverage of mailqueue/ in every process the tests start: the spec
@@ -150,26 +150,26 @@ coverage-report: $(STAMP)
 	$(BIN)/coverage html -q -d build/coverage/html
 	$(BIN)/coverage report
 
-# The full hostile-file run; make test runs a reduced one (tests/hostile).
+# The full hostile-file run; make test runs a reduced one (tests/tools).
 fuzz: $(STAMP)
-	$(BIN)/python tests/hostile/fuzz.py --cases 10000 --report docs/reliability-run.json
+	$(BIN)/python tools/hostile/fuzz.py --cases 10000 --report docs/reliability-run.json
 
 # Debian's strace, which the crash test records each operation's calls with.
 strace:
 	@command -v strace > /dev/null || { $(APT_INSTALL) --no-install-recommends strace; }
 
 # Every state a crash can leave, for every queue operation, each state tried
-# (make test runs a reduced one: tests/crash).  Its figures go to
+# (make test runs a reduced one: tests/tools/test_crash.py).  Its figures go to
 # docs/crash-run.json.
 crash-test: $(STAMP) strace
-	$(BIN)/python tests/crash/crash.py --full --report $(CRASH_REPORT)
+	$(BIN)/python tools/crash/crash.py --full --report $(CRASH_REPORT)
 
-# The full kill -9 soak and churn; make test runs reduced ones (tests/soak).
+# The full kill -9 soak and churn; make test runs reduced ones (tests/tools).
 soak: $(STAMP)
-	$(BIN)/python tests/soak/soak.py --report docs/soak-run.json
+	$(BIN)/python tools/soak/soak.py --report docs/soak-run.json
 
 bench: $(STAMP)
-	$(BIN)/python -W ignore::DeprecationWarning tests/bench/bench_queue.py --json docs/bench-run.json
+	$(BIN)/python -W ignore::DeprecationWarning tools/bench/bench_queue.py --json docs/bench-run.json
 
 # Debian's PostgreSQL server, for the spec run against it.
 postgresql-server:
@@ -181,7 +181,7 @@ postgresql-server:
 # The spec with the list database in PostgreSQL (a throwaway server on
 # loopback, stopped afterwards whatever happens), and the list tests.
 spec-postgresql: $(STAMP) postgresql-server $(MEASURED)
-	$(BIN)/python tests/servers.py postgresql -- \
+	$(BIN)/python tools/servers/servers.py postgresql -- \
 		$(RUN) -m pytest -q -p no:cacheprovider docs tests/test_lists.py
 
 # Debian's GlusterFS server and client, and PostgreSQL, for the cluster test.
@@ -194,7 +194,7 @@ cluster-servers: postgresql-server
 # Two hosts (two mounts of one volume) with a real kill; everything it
 # starts it stops, even when it fails.
 cluster-test: $(STAMP) cluster-servers
-	$(BIN)/python tests/cluster/cluster.py --report $(CLUSTER_REPORT)
+	$(BIN)/python tools/cluster/cluster.py --report $(CLUSTER_REPORT)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache .hypothesis

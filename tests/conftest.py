@@ -1,11 +1,22 @@
-"""Fixtures for the tests in this directory."""
+"""Fixtures for the tests in this directory.
+
+The harnesses in tools/ (the hostile corpus and its harness, the soak, the
+crash test, the site checker) are importable here by their module names, so
+that their reduced runs and the unit tests that borrow from them can import
+them.
+"""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 from sites import Site
 
 from mailqueue.testing import isolated_state
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path[:0] = [str(TOOLS / name) for name in ("hostile", "soak", "crash", "browser")]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,7 +3,7 @@
 Where the old code crashed, hung or ran out of memory, the case runs in a
 child process with a time limit and an address-space limit, so that the
 test fails (rather than taking the test run down) if the defect returns.
-tests/hostile/ runs these and thousands more through every path at once.
+tools/hostile/ runs these and thousands more through every path at once.
 """
 
 import email._policybase
@@ -17,9 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).with_name("hostile")))
-from entries import (
+from entries import (  # tools/hostile, on sys.path (conftest.py)
     APPEND,
     BUILD,
     EMPTY_DICT,

@@ -5,7 +5,7 @@ the slice: whoever dequeues an entry holds a lock on its file until it
 finishes it.
 
 (Two *runners* never do this: the second stands by while the first owns the
-slice; tests/test_supervision.py shows that.  Dequeuing is what decides
+slice; tests/processes/test_supervision.py shows that.  Dequeuing is what decides
 between any two processes taking entries, whoever they are.)
 """
 
