@@ -118,7 +118,7 @@ build/conformance/%/report.json: $(STAMP) $(CONFORMANCE_SOURCES) | $(MEASURED)
 	fi
 
 conformance-matrix: $(STAMP)
-	$(BIN)/python tests/matrix/matrix.py --report $(MATRIX_REPORT) \
+	$(BIN)/python tools/matrix/matrix.py --report $(MATRIX_REPORT) \
 		$(if $(RELEASES),--releases $(RELEASES))
 
 # Also part of make test (which is what CI runs).
@@ -158,11 +158,11 @@ docs: $(STAMP) conformance-results
 
 docs-check: docs
 	@$(call apt-install,command -v chromium,chromium)
-	$(BIN)/python tests/browser/check_site.py build/html --screenshots build/screenshots
+	$(BIN)/python tools/browser/check_site.py build/html --screenshots build/screenshots
 
 lint: $(STAMP)
-	$(BIN)/ruff check mailqueue tests docs conftest.py
-	$(BIN)/ruff format --check mailqueue tests docs conftest.py
+	$(BIN)/ruff check mailqueue tests tools docs conftest.py
+	$(BIN)/ruff format --check mailqueue tests tools docs conftest.py
 	$(BIN)/mypy
 
 # Branch coverage of mailqueue/ in every process the tests start: the spec
@@ -185,29 +185,29 @@ coverage-report: $(STAMP)
 	$(BIN)/coverage html -q -d build/coverage/html
 	$(BIN)/coverage report
 
-# The full hostile-file run; make test runs a reduced one (tests/hostile).
+# The full hostile-file run; make test runs a reduced one (tests/tools).
 fuzz: $(STAMP)
 	mkdir -p $(dir $(FUZZ_REPORT))
-	$(BIN)/python tests/hostile/fuzz.py --cases 10000 --report $(FUZZ_REPORT)
+	$(BIN)/python tools/hostile/fuzz.py --cases 10000 --report $(FUZZ_REPORT)
 
 # Debian's strace, which the crash test records each operation's calls with.
 strace:
 	@$(call apt-install,command -v strace,strace)
 
 # Every state a crash can leave, for every queue operation, each state tried
-# (make test runs a reduced one: tests/crash).  Its figures go to
+# (make test runs a reduced one: tests/tools/test_crash.py).  Its figures go to
 # $(CRASH_REPORT).
 crash-test: $(STAMP) strace
 	mkdir -p $(dir $(CRASH_REPORT))
-	$(BIN)/python tests/crash/crash.py --full --report $(CRASH_REPORT)
+	$(BIN)/python tools/crash/crash.py --full --report $(CRASH_REPORT)
 
-# The full kill -9 soak and churn; make test runs reduced ones (tests/soak).
+# The full kill -9 soak and churn; make test runs reduced ones (tests/tools).
 soak: $(STAMP)
 	mkdir -p $(dir $(SOAK_REPORT))
-	$(BIN)/python tests/soak/soak.py --report $(SOAK_REPORT)
+	$(BIN)/python tools/soak/soak.py --report $(SOAK_REPORT)
 
 bench: $(STAMP)
-	$(BIN)/python -W ignore::DeprecationWarning tests/bench/bench_queue.py --json $(BENCH_REPORT)
+	$(BIN)/python -W ignore::DeprecationWarning tools/bench/bench_queue.py --json $(BENCH_REPORT)
 
 # The reports of the full runs above, copied from $(REPORTS) into docs/
 # (those there: a run not made is not published), for make docs to show.
@@ -236,7 +236,7 @@ postgresql-server:
 # The spec with the list database in PostgreSQL (a throwaway server on
 # loopback, stopped afterwards whatever happens), and the list tests.
 spec-postgresql: $(STAMP) postgresql-server $(MEASURED)
-	$(BIN)/python tests/servers.py postgresql -- \
+	$(BIN)/python tools/servers/servers.py postgresql -- \
 		$(RUN) -m pytest -q -p no:cacheprovider docs tests/test_lists.py
 
 # Debian's GlusterFS server and client, and PostgreSQL, for the cluster test.
@@ -246,7 +246,7 @@ cluster-servers: postgresql-server
 # Two hosts (two mounts of one volume) with a real kill; everything it
 # starts it stops, even when it fails.
 cluster-test: $(STAMP) cluster-servers
-	$(BIN)/python tests/cluster/cluster.py --report $(CLUSTER_REPORT)
+	$(BIN)/python tools/cluster/cluster.py --report $(CLUSTER_REPORT)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .ruff_cache .hypothesis

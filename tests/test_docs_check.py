@@ -3,13 +3,10 @@
 import importlib
 import inspect
 import pkgutil
-import sys
-from pathlib import Path
+
+from check_site import check_links  # tools/browser, on sys.path (conftest.py)
 
 import mailqueue
-
-sys.path.insert(0, str(Path(__file__).parent / "browser"))
-from check_site import check_links
 
 
 def page(body):

@@ -7,6 +7,7 @@ same expectations hold for both.
 
 import os
 import socket
+import sys
 
 import pytest
 
@@ -14,6 +15,7 @@ from mailqueue import config, create_list, message_from_string
 from mailqueue.configuration import ConfigurationError
 from mailqueue.lists import ListExistsError, ListManager
 from mailqueue.runners import IncomingRunner
+from mailqueue.testing import isolated_state
 
 
 def test_lists_and_members_round_trip(var_dir):
@@ -137,3 +139,24 @@ def test_a_lost_postgresql_session_is_one_line(var_dir):
     message = str(caught.value)
     assert message.startswith(f"the list database {lists.path}: ")
     assert "terminating connection" in message
+
+
+def test_postgresql_without_its_driver_is_one_line(var_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    with pytest.raises(OSError) as failed:
+        ListManager("postgresql://mailqueue:secret@db.example.com/lists")
+    assert str(failed.value) == (
+        "the list database postgresql://db.example.com/lists needs PostgreSQL's "
+        "driver: pip install 'mailqueue[postgresql]'"
+    )
+
+
+def test_an_explicit_empty_database_url_keeps_the_lists_in_sqlite(monkeypatch):
+    # The environment names a PostgreSQL server that is not there; the
+    # empty URL given wins, so no connection is tried.
+    monkeypatch.setenv("MAILQUEUE_TEST_DATABASE", "postgresql://127.0.0.1:9/none")
+    with isolated_state(database_url="") as var_dir:
+        assert config.database_url.startswith(f"sqlite:///{var_dir}/")
+        create_list("test@example.com")
+        assert config.lists.get("test@example.com") is not None
+    assert not os.path.exists(var_dir)

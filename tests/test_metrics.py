@@ -14,16 +14,12 @@ import socket
 import stat
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from sites import wait_for  # this directory is on sys.path
+from helpers import MESSAGE, get, parsed, run, value, values
 
 from mailqueue import config, create_list, message_from_string, qfile
-from mailqueue.cli import main
 from mailqueue.configuration import ConfigurationError
 from mailqueue.metrics import (
     AGE_BUCKETS,
@@ -41,35 +37,6 @@ from mailqueue.runners import IncomingRunner, OutgoingRunner
 pytestmark = pytest.mark.timeout(120)
 
 DOCS = Path(__file__).parent.parent / "docs"
-
-MESSAGE = "From: aperson@example.com\nMessage-ID: <{}@example.com>\n\nHi\n"
-
-
-def parsed(text):
-    """The families in *text*, by name, each checked to be one of ours."""
-    families = {}
-    for family in text_string_to_metric_families(text):
-        # The parser drops a counter's _total from the family's name.
-        name = family.name + ("_total" if family.type == "counter" else "")
-        assert name in FAMILIES, f"a sample of no family: {family}"
-        assert (family.type, family.documentation) == FAMILIES[name]
-        families[name] = family
-    assert list(families) == list(FAMILIES)
-    return families
-
-
-def values(family, **labels):
-    """The samples of *family* whose labels include *labels*, as {labels: value}."""
-    return {
-        tuple(sorted(sample.labels.items())): sample.value
-        for sample in family.samples
-        if labels.items() <= sample.labels.items()
-    }
-
-
-def value(family, **labels):
-    [found] = values(family, **labels).values()
-    return found
 
 
 def aged(queue, seconds, now, extension=".pck", directory=None):
@@ -301,12 +268,6 @@ def block(queue):
     return path
 
 
-def run(capsys, *arguments):
-    status = main(list(arguments))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def test_the_command_prints_them_and_creates_nothing(capsys, tmp_path):
     var_dir = tmp_path / "var"
     site = tmp_path / "site.cfg"
@@ -440,15 +401,6 @@ def test_metrics_listen_refuses_anything_else_in_one_line(var_dir, given, error)
     assert config.metrics_listen is None
 
 
-def get(url):
-    """The status, content type and text of a GET of *url*."""
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, response.headers["Content-Type"], response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["Content-Type"], error.read()
-
-
 def loopback_ipv6():
     try:
         with socket.socket(socket.AF_INET6) as probe:
@@ -509,90 +461,6 @@ def test_an_address_in_use_is_a_metrics_error():
     )
     server = MetricsServer(("127.0.0.1", 0))
     server.close()  # never started: only the socket to close
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-BROKEN = """
-from mailqueue.runners import IncomingRunner
-
-class BrokenRunner(IncomingRunner):
-    def __init__(self, *arguments, **keywords):
-        raise RuntimeError("this runner cannot start")
-"""
-
-
-def test_a_real_master_serves_them_over_http_until_it_stops(site, tmp_path):
-    (tmp_path / "broken.py").write_text(BROKEN)
-    port = free_port()
-    site = site(
-        f"[master]\nmetrics_listen: 127.0.0.1:{port}\n"
-        "[runner.in]\nsleep_time: 0.1s\n[runner.out]\nsleep_time: 0.1s\n"
-        "[runner.broken]\nclass: broken.BrokenRunner\nmax_restarts: 2\n"
-    )
-    mlist = create_list("test@example.com")
-    config.switchboards["in"].enqueue(
-        message_from_string(MESSAGE.format(1)), listid=mlist.list_id
-    )
-    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
-    site.run("start", env=os.environ | {"PYTHONPATH": path})
-    url = f"http://127.0.0.1:{port}/metrics"
-
-    def metrics():
-        status, kind, body = get(url)
-        assert (status, kind) == (200, CONTENT_TYPE)
-        return parsed(body.decode())
-
-    # The runner counts the delivery, the master the restarts (two, then
-    # it gives up on the broken runner for its window).
-    wait_for(
-        lambda: value(metrics()["mailqueue_deliveries_total"], queue="out") == 1,
-        60,
-        "the delivery to be counted",
-    )
-    wait_for(lambda: "giving up" in site.log("error.log"), 60, "the master to give up")
-    families = metrics()
-    assert value(families["mailqueue_runner_restarts_total"], queue="broken") == 2
-    assert value(families["mailqueue_runner_restarts_total"], queue="in") == 0
-    runners = site.status()["runners"]
-    owners = families["mailqueue_slice_owner"]
-    assert values(owners, queue="in") == {
-        (
-            ("host", config.host_name),
-            ("pid", str(runners["in:0:1"]["pid"])),
-            ("queue", "in"),
-            ("slice", "0"),
-        ): 1
-    }
-    assert value(owners, queue="broken") == 0
-    assert value(families["mailqueue_queue_entries"], queue="in", state="queued") == 0
-
-    site.run("stop")
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    # The counts outlive the master.
-    assert read_counters(site.var_dir)["broken"] == {"restarts": 2}
-
-
-def test_a_master_that_cannot_have_its_address_does_not_start(site):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        site = site(f"[master]\nmetrics_listen: 127.0.0.1:{port}\n")
-        started = site.run("start", check=False)
-    assert started.returncode == 1
-    assert started.stderr.startswith("mailqueue: error: the master exited at once")
-    assert site.log("master.out") == (
-        "mailqueue: error: cannot serve the metrics on "
-        f"127.0.0.1:{port}: Address already in use\n"
-    )
-    assert not os.path.exists(os.path.join(site.var_dir, "master.json"))
-    assert site.run("status", check=False).returncode == 1
 
 
 def test_every_family_is_on_the_monitoring_page():

@@ -225,3 +225,38 @@ def test_slices_are_in_the_order_of_their_numbers(tmp_path):
     specs = ["out:10:16", "in:0:1", "out:2:16"]
     states = slice_states(dict.fromkeys(specs, running), [], {}, "alpha")
     assert [state.spec for state in states] == ["in:0:1", "out:2:16", "out:10:16"]
+
+
+def test_without_locks_the_owner_file_names_the_owner(tmp_path, monkeypatch):
+    directory = str(tmp_path / "test")
+    owner = Switchboard("test", directory, recover=True)
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    # A file system without locks (an NFS mount without its lock daemon).
+    monkeypatch.setattr(ownership_module.fcntl, "flock", no_locks)
+    assert slice_owner(directory) == (socket.gethostname(), os.getpid())
+    assert owner.owner_id() == f"pid {os.getpid()} on {socket.gethostname()}"
+    owner.release_ownership()  # which empties the file
+    assert slice_owner(directory) is None
+
+
+def test_an_owner_of_another_user_is_alive_though_it_cannot_be_signalled(
+    tmp_path, monkeypatch
+):
+    directory = str(tmp_path / "test")
+    owner_file = Switchboard("test", directory).owner_file
+    fd = os.open(owner_file, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"here 4242\n")
+
+        def not_yours(pid, signal):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        # As seen by a user who may not signal that process; root may.
+        monkeypatch.setattr(ownership_module.os, "kill", not_yours)
+        assert slice_owner(directory, host="here") == ("here", 4242)
+    finally:
+        os.close(fd)

@@ -6,9 +6,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from helpers import run
 
 from mailqueue import Switchboard, entry_format, message_from_string, qfile, safepickle
-from mailqueue.cli import main
 from mailqueue.configuration import config
 from mailqueue.seal import (
     KEPT_KEYS,
@@ -317,12 +317,6 @@ def test_seal_start_of_what_is_too_short_or_ends_otherwise():
     # An old seal (mqseal1): not one this version makes or trusts.
     data = b"ab" * 20 + b"\x80\x04C\x2fmqseal1" + b"\0" * 40 + b"."
     assert seal_start(data) == len(data)
-
-
-def run(capsys, *arguments):
-    status = main(list(arguments))
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_the_command_rotates_the_key(var_dir, capsys):

@@ -6,12 +6,21 @@ over nothing but a regular file of its own with one name, never follows a
 link, never waits on a FIFO, and leaves no byte of an old entry in a new one.
 """
 
+import errno
 import os
 import stat
 
 import pytest
+from helpers import listing, once
 
-from mailqueue import Switchboard, entry_format, message_from_string, qfile, spares
+import mailqueue.switchboard as switchboard_module
+from mailqueue import (
+    Switchboard,
+    entry_format,
+    message_from_string,
+    qfile,
+    spares,
+)
 
 TEXT = "From: aperson@example.com\nTo: test@example.com\nSubject: spare\n\nHello.\n"
 
@@ -192,3 +201,147 @@ def test_a_subclass_without_spares_makes_a_new_file_for_every_entry(tmp_path):
     assert os.path.exists(spare)
     written = os.path.join(queue.queue_directory, second + ".pck")
     assert os.stat(written).st_ino != os.stat(spare).st_ino
+
+
+def open_descriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def payload(queue, filebase):
+    path = os.path.join(queue.queue_directory, filebase + ".pck")
+    return entry_format.load_entry(path)[0].get_payload()
+
+
+def finished_spare(queue):
+    """Put one finished entry in the pool; return its slot's path."""
+    filebase = queue.enqueue(message_from_string(TEXT + "A longer body.\n" * 20))
+    queue.dequeue(filebase)
+    queue.finish(filebase)
+    slot = os.path.join(queue._spares.directory, "0")
+    assert listing(queue._spares.directory) == ["0"]
+    return slot
+
+
+def test_where_hard_links_are_refused_a_finished_entry_is_just_removed(
+    queue, monkeypatch
+):
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(qfile.os, "link", no_links)
+    filebase = queue.enqueue(message_from_string(TEXT))
+    queue.dequeue(filebase)
+    queue.finish(filebase)
+    assert listing(queue.queue_directory) == []
+    assert not os.path.exists(queue._spares.directory)
+
+
+@pytest.mark.parametrize("swap", ["symbolic link", "hard link"])
+def test_a_spare_swapped_after_it_was_looked_at_is_never_written_over(
+    queue, tmp_path, monkeypatch, swap
+):
+    # Between looking at a slot and taking it, a hostile process (or a
+    # crash of another implementation) puts a link to another file there.
+    slot = finished_spare(queue)
+    outside = tmp_path / "outside"
+    outside.write_text("precious\n")
+
+    def look_then_swap(path):
+        found = os.lstat(path)
+        os.unlink(path)
+        if swap == "symbolic link":
+            os.symlink(outside, path)
+        else:
+            os.link(outside, path)
+        return found
+
+    lstat = once(os.lstat, lambda path: path == slot, look_then_swap)
+    monkeypatch.setattr(qfile.os, "lstat", lstat)
+    before = open_descriptors()
+    filebase = queue.enqueue(message_from_string(TEXT))
+    monkeypatch.undo()
+    assert lstat.done  # the race was run
+    assert open_descriptors() == before
+    assert outside.read_text() == "precious\n"
+    assert os.stat(outside).st_nlink == 1  # its other name went with the slot
+    assert payload(queue, filebase) == "Hello.\n"
+    assert listing(queue.queue_directory) == [filebase + ".pck"]
+
+
+def test_a_spare_that_goes_stale_as_it_is_opened_is_given_up(queue, monkeypatch):
+    slot = finished_spare(queue)
+    spare = os.stat(slot).st_ino
+
+    def stale(fd):
+        raise OSError(errno.ESTALE, "Stale file handle")
+
+    real_fstat = os.fstat
+    fstat = once(real_fstat, lambda fd: real_fstat(fd).st_ino == spare, stale)
+    monkeypatch.setattr(qfile.os, "fstat", fstat)
+    before = open_descriptors()
+    filebase = queue.enqueue(message_from_string(TEXT))
+    monkeypatch.undo()
+    assert fstat.done
+    assert open_descriptors() == before
+    # The spare was dropped, and the entry written to a new file instead.
+    assert listing(queue._spares.directory) == []
+    assert payload(queue, filebase) == "Hello.\n"
+    assert listing(queue.queue_directory) == [filebase + ".pck"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        None,  # no mountinfo to read
+        "22 1 252:0 / /\n",  # a line cut short
+        "22 1 252:0 / / rw,relatime shared:1 ext4 /dev/vda rw\n",  # no "-"
+    ],
+)
+def test_spares_are_off_when_the_mounts_cannot_be_read(tmp_path, content):
+    mountinfo = tmp_path / "mountinfo"
+    if content is not None:
+        mountinfo.write_text(content)
+    assert spares.is_local_file_system(str(tmp_path), str(mountinfo)) is False
+
+
+def test_sizes_of_entries_never_finished_are_forgotten_past_a_bound(queue, monkeypatch):
+    monkeypatch.setattr(switchboard_module, "_SIZES_KEPT", 2)
+    filebases = [queue.enqueue(message_from_string(TEXT)) for _ in range(3)]
+    for filebase in filebases:
+        queue.dequeue(filebase)
+    # Dequeuing the third forgot the first two: they are removed when
+    # finished, not kept as spares (their size is not known); the third is.
+    for filebase in filebases:
+        queue.finish(filebase)
+    assert listing(queue.queue_directory) == []
+    assert listing(queue._spares.directory) == ["0"]
+
+
+def test_a_spare_is_written_over_only_after_the_queue_directory_is_flushed(
+    queue, calls
+):
+    cycle(queue)
+    calls.clear()
+    queue.enqueue(message_from_string(TEXT))
+    names = [call for call, _ in calls]
+    # Taken (renamed in), the directory flushed, and only then written.
+    assert names[:3] == ["rename", "flush", "pwritev"], calls
+    assert calls[1] == ("flush", queue.queue_directory)
+
+
+def test_a_spare_whose_flush_fails_is_given_up_for_a_new_file(queue, monkeypatch):
+    cycle(queue)
+    flush = qfile.fsync_directory
+    failed = []
+
+    def failing_once(directory):
+        if not failed:
+            failed.append(directory)
+            raise OSError(errno.EIO, "Input/output error")
+        flush(directory)
+
+    monkeypatch.setattr(qfile, "fsync_directory", failing_once)
+    filebase = queue.enqueue(message_from_string(TEXT))
+    assert failed == [queue.queue_directory]
+    assert os.listdir(queue.queue_directory) == [filebase + ".pck"]
+    assert os.listdir(queue._spares.directory) == []

@@ -5,7 +5,7 @@ mailqueue's wheel installed; an aiosmtpd server on loopback as its MTA) is
 set up from nothing; the only difference between the runs is the plugin's
 section in mailman.cfg.  Each run:
 
-1. reads every file of the corpus (tests/hostile, the cases that are file
+1. reads every file of the corpus (tools/hostile, the cases that are file
    contents) with ``mailman qfile``, each in a child of its own;
 2. starts Mailman, puts every file into its ``in`` queue (named to come
    first), posts ordinary messages behind them, and waits until ``in`` is
@@ -33,7 +33,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "hostile")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tools" / "hostile")]
 
 from entries import classics  # noqa: E402
 from mailman_site import site as helpers  # noqa: E402

@@ -5,23 +5,20 @@ the slice: whoever dequeues an entry holds a lock on its file until it
 finishes it.
 
 (Two *runners* never do this: the second stands by while the first owns the
-slice; tests/test_supervision.py shows that.  Dequeuing is what decides
-between any two processes taking entries, whoever they are.)
+slice; tests/processes/test_supervision.py shows that.  Dequeuing is what
+decides between any two processes taking entries, whoever they are.)
 """
 
-import errno
-import fcntl
 import os
 import subprocess
 import sys
 import textwrap
 import time
 
-import pytest
-
-from mailqueue import Switchboard, config, message_from_string, qfile, switchboard
+from mailqueue import Switchboard, config, message_from_string
 
 ENTRIES = 400
+
 
 RUNNER = textwrap.dedent(
     """
@@ -49,34 +46,6 @@ RUNNER = textwrap.dedent(
                 queue.finish(filebase)
     """
 )
-
-
-def test_every_entry_is_processed_exactly_once(var_dir, tmp_path):
-    config.push("race", "[runner.race]\n")
-    mlist = config.lists.create("race@example.com")
-    queue = config.switchboards["race"]
-    for number in range(ENTRIES):
-        msg = message_from_string(f"Subject: {number}\n\nbody\n")
-        queue.enqueue(msg, listid=mlist.list_id)
-    records = [tmp_path / f"runner-{n}.txt" for n in range(2)]
-    processes = [
-        subprocess.Popen([sys.executable, "-c", RUNNER, var_dir, str(record)])
-        for record in records
-    ]
-    deadline = time.monotonic() + 60
-    while not all(os.path.exists(f"{record}.ready") for record in records):
-        assert time.monotonic() < deadline, "the processes did not start"
-        time.sleep(0.01)
-    open(os.path.join(var_dir, "go"), "w").close()
-    for process in processes:
-        assert process.wait(timeout=120) == 0
-    processed = [record.read_text().split() for record in records]
-    everything = processed[0] + processed[1]
-    assert sorted(everything, key=int) == [str(n) for n in range(ENTRIES)]
-    # Both took part, or this test would show nothing about the race.
-    assert processed[0] and processed[1], [len(p) for p in processed]
-    assert os.listdir(queue.queue_directory) == []
-    assert os.listdir(config.switchboards["bad"].queue_directory) == []
 
 
 #: One process of the ownership case, driven by commands on its stdin:
@@ -138,6 +107,34 @@ class Process:
                 stream.close()
 
 
+def test_every_entry_is_processed_exactly_once(var_dir, tmp_path):
+    config.push("race", "[runner.race]\n")
+    mlist = config.lists.create("race@example.com")
+    queue = config.switchboards["race"]
+    for number in range(ENTRIES):
+        msg = message_from_string(f"Subject: {number}\n\nbody\n")
+        queue.enqueue(msg, listid=mlist.list_id)
+    records = [tmp_path / f"runner-{n}.txt" for n in range(2)]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", RUNNER, var_dir, str(record)])
+        for record in records
+    ]
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(f"{record}.ready") for record in records):
+        assert time.monotonic() < deadline, "the processes did not start"
+        time.sleep(0.01)
+    open(os.path.join(var_dir, "go"), "w").close()
+    for process in processes:
+        assert process.wait(timeout=120) == 0
+    processed = [record.read_text().split() for record in records]
+    everything = processed[0] + processed[1]
+    assert sorted(everything, key=int) == [str(n) for n in range(ENTRIES)]
+    # Both took part, or this test would show nothing about the race.
+    assert processed[0] and processed[1], [len(p) for p in processed]
+    assert os.listdir(queue.queue_directory) == []
+    assert os.listdir(config.switchboards["bad"].queue_directory) == []
+
+
 def test_a_new_owner_leaves_alone_an_entry_a_live_process_works_on(tmp_path):
     """A owns the slice; B, not the owner, takes an entry; A exits; C owns.
 
@@ -162,74 +159,3 @@ def test_a_new_owner_leaves_alone_an_entry_a_live_process_works_on(tmp_path):
     finally:
         for process in (a, b, c):
             process.stop()
-
-
-def _one_entry(tmp_path):
-    queue = Switchboard("test", str(tmp_path / "test"))
-    filebase = queue.enqueue(message_from_string("Subject: one\n\nbody\n"))
-    return queue, filebase, os.path.join(queue.queue_directory, filebase)
-
-
-def test_an_entry_locked_by_another_dequeuer_is_taken(tmp_path):
-    queue, filebase, path = _one_entry(tmp_path)
-    # Another open file description: as another process's lock would be.
-    fd = os.open(path + ".pck", os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(FileNotFoundError, match="taken by another process"):
-            queue.dequeue(filebase)
-        assert queue.files == [filebase]
-    finally:
-        os.close(fd)
-    queue.dequeue(filebase)
-    queue.finish(filebase)
-    assert os.listdir(queue.queue_directory) == []
-
-
-def test_a_failed_rename_lets_go_of_the_lock(tmp_path, monkeypatch):
-    queue, filebase, path = _one_entry(tmp_path)
-    real_rename = qfile.rename_no_replace
-
-    def failing(source, target):
-        if source.endswith(".pck"):
-            raise PermissionError(13, "Permission denied", source)
-        return real_rename(source, target)
-
-    monkeypatch.setattr(qfile, "rename_no_replace", failing)
-    with pytest.raises(PermissionError):
-        queue.dequeue(filebase)
-    monkeypatch.undo()
-    # Nothing holds the file: another process's lock succeeds at once.
-    fd = os.open(path + ".pck", os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.close(fd)
-
-
-def test_without_locks_a_dequeue_still_takes_its_entry(tmp_path, monkeypatch):
-    queue, filebase, _ = _one_entry(tmp_path)
-
-    def no_locks(fd, operation):
-        raise OSError(errno.ENOLCK, "No locks available")
-
-    monkeypatch.setattr(fcntl, "flock", no_locks)
-    msg, _ = queue.dequeue(filebase)
-    assert msg["subject"] == "one"
-    queue.finish(filebase)
-    assert os.listdir(queue.queue_directory) == []
-
-
-def test_entries_never_finished_are_let_go_past_the_bound(tmp_path, monkeypatch):
-    monkeypatch.setattr(switchboard, "_SIZES_KEPT", 2)
-    queue = Switchboard("test", str(tmp_path / "test"))
-    taken = []
-    for number in range(3):
-        filebase = queue.enqueue(message_from_string(f"Subject: {number}\n\n.\n"))
-        queue.dequeue(filebase)
-        taken.append(filebase)
-    # The first two were let go when the third was taken; it is held.
-    assert list(switchboard._held) == [
-        os.path.join(queue.queue_directory, taken[2] + ".bak")
-    ]
-    for filebase in taken:
-        queue.finish(filebase)
-    assert switchboard._held == {}

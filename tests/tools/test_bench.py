@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).with_name("bench_queue.py")
+BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench" / "bench_queue.py"
 
 
 def test_the_benchmark_runs_every_measure_side_by_side(tmp_path):

@@ -33,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "tools" / "servers"), str(ROOT / "tests")]
 
 import servers  # noqa: E402
 from sites import Site, process_gone  # noqa: E402
@@ -258,7 +258,7 @@ def main() -> int:
             return 1
     report = {
         "date": time.strftime("%Y-%m-%d"),
-        "command": f"make cluster-test (tests/cluster/cluster.py "
+        "command": f"make cluster-test (tools/cluster/cluster.py "
         f"--messages {arguments.messages})",
         "python": sys.version.split()[0],
     } | report

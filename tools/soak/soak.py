@@ -19,7 +19,7 @@ defect.
 a new runner is started (it stands by) and then the old one is killed or
 stopped, again and again, while the ``out`` runner works.
 
-Run ``python tests/soak/soak.py`` (``make soak``) for the full run.
+Run ``python tools/soak/soak.py`` (``make soak``) for the full run.
 """
 
 from __future__ import annotations
@@ -448,7 +448,7 @@ def main() -> int:
             "churn": churn(seed=arguments.seed),
         }
     report["run"] = {
-        "command": f"make soak (tests/soak/soak.py --messages {arguments.messages} "
+        "command": f"make soak (tools/soak/soak.py --messages {arguments.messages} "
         f"--kills {arguments.kills} --seed {arguments.seed})",
         "date": datetime.date.today().isoformat(),
         "mailqueue": mailqueue.__version__,

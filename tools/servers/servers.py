@@ -1,6 +1,6 @@
 """Real servers for tests, started on loopback and always stopped again.
 
-    python tests/servers.py postgresql -- COMMAND...
+    python tools/servers/servers.py postgresql -- COMMAND...
 
 installs nothing (``make`` installs Debian's packages first), starts a
 throwaway PostgreSQL cluster (``initdb`` in a temporary directory, as the

@@ -1,6 +1,6 @@
 """The hostile-file suite, reduced: the corpus, and a few thousand generated cases.
 
-``make fuzz`` runs the full suite (tests/hostile/fuzz.py); this is what
+``make fuzz`` runs the full suite (tools/hostile/fuzz.py); this is what
 ``make test`` runs.  Each case runs in a child process of its own, through
 every path that reads a queue file (see harness.py).
 """

@@ -1,17 +1,12 @@
-"""The message class's senders, the debug log, and the tests' own var directory."""
+"""The message class (mailqueue.message): the senders it believes."""
 
-import logging
-import os
-import re
 from email.utils import getaddresses
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from mailqueue import config, create_list, message_from_string
 from mailqueue import message as message_module
-from mailqueue.logs import logging_to
-from mailqueue.testing import isolated_state
+from mailqueue import message_from_string
 
 
 def test_senders_lists_every_author_address_in_the_order_believed():
@@ -60,36 +55,6 @@ def test_a_plain_address_is_read_as_getaddresses_reads_it(name, local, domain, f
     ]
     msg = message_from_string(f"From: {value}\n\nHello.\n")
     expected = _parsed_in_full(msg["from"])
-    assert msg._from("from") == expected
+    assert msg.senders == expected  # From: is its only sender header
     if message_module._PLAIN.fullmatch(msg["from"]):
         assert len(expected) == 1  # the fast way took it
-
-
-def test_with_debug_the_debug_lines_go_to_debug_log(tmp_path):
-    debug = logging.getLogger("mailqueue.debug")
-    level = debug.level
-    try:
-        with logging_to(str(tmp_path), debug=True):
-            debug.debug("pass %d: %d entries", 1, 3)
-        debug.debug("after the block: nowhere")
-    finally:
-        debug.setLevel(level)
-    line = (tmp_path / "debug.log").read_text()
-    assert re.fullmatch(rf".+ \[{os.getpid()}\] DEBUG pass 1: 3 entries\n", line)
-
-
-def test_without_debug_there_is_no_debug_log(tmp_path):
-    with logging_to(str(tmp_path)):
-        logging.getLogger("mailqueue.debug").warning("not in a file")
-    assert not (tmp_path / "debug.log").exists()
-
-
-def test_an_explicit_empty_database_url_keeps_the_lists_in_sqlite(monkeypatch):
-    # The environment names a PostgreSQL server that is not there; the
-    # empty URL given wins, so no connection is tried.
-    monkeypatch.setenv("MAILQUEUE_TEST_DATABASE", "postgresql://127.0.0.1:9/none")
-    with isolated_state(database_url="") as var_dir:
-        assert config.database_url.startswith(f"sqlite:///{var_dir}/")
-        create_list("test@example.com")
-        assert config.lists.get("test@example.com") is not None
-    assert not os.path.exists(var_dir)

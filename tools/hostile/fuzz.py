@@ -43,7 +43,7 @@ def main() -> int:
         outcomes = harness.run(cases, arguments.jobs, progress)
     report = summarize(outcomes, time.monotonic() - started)
     report["run"] = {
-        "command": f"make fuzz (tests/hostile/fuzz.py --cases {arguments.cases} "
+        "command": f"make fuzz (tools/hostile/fuzz.py --cases {arguments.cases} "
         f"--seed {arguments.seed})",
         "date": datetime.date.today().isoformat(),
         "mailqueue": mailqueue.__version__,

@@ -51,7 +51,7 @@ finish whose removal had not reached the disk (only in the unflushed
 model), or found in two places: processing is at least once, never at
 most once (see the queue files page).
 
-Run it as ``python tests/crash/crash.py [--full] [--report FILE] [--plant
+Run it as ``python tools/crash/crash.py [--full] [--report FILE] [--plant
 BUG]``; ``make crash-test`` runs it in full.
 """
 
@@ -1327,9 +1327,9 @@ def run(limit: int, plant: str = "", only: list[str] | None = None) -> dict[str,
             shutil.rmtree(work, ignore_errors=True)
     return {
         "date": time.strftime("%Y-%m-%d"),
-        "command": "make crash-test (tests/crash/crash.py --full)"
+        "command": "make crash-test (tools/crash/crash.py --full)"
         if limit == FULL_LIMIT
-        else "tests/crash/crash.py (the reduced run of make test)",
+        else "tools/crash/crash.py (the reduced run of make test)",
         "file-system model": "prefix, and unflushed (POSIX without the flushes "
         "not asked for)",
         "states tried at one crash point, at most": limit,
