@@ -41,7 +41,7 @@ from entries import (  # tools/hostile, on sys.path (conftest.py)
     with_metadata,
 )
 from helpers import FILEBASE, LATER, in_child, listing, once, place
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import mailqueue.switchboard as switchboard_module
@@ -137,6 +137,10 @@ every_form = st.one_of(
     junk=st.lists(strays, max_size=3, unique=True),
     numslices=st.sampled_from([1, 2, 4, 32]),
 )
+# One time and one digest, written two ways: a tie the listing may break either way.
+@example(
+    bases=["999999999.0+" + "0" * 40, "999999999.00+" + "0" * 40], junk=[], numslices=1
+)
 def test_listing_is_in_exact_time_order_then_digest(
     tmp_path_factory, bases, junk, numslices
 ):
@@ -144,12 +148,25 @@ def test_listing_is_in_exact_time_order_then_digest(
     make(directory, bases + junk)
     make(directory, ["1700000000.5+" + "b" * 40], ".bak")  # another extension
     wanted = sorted(bases, key=exact)
-    assert Switchboard("q", directory).files == wanted
+    assert in_order(Switchboard("q", directory).files, wanted)
     # The slices together are the queue, each entry in exactly one.
     slices = [Switchboard("q", directory, n, numslices).files for n in range(numslices)]
-    assert sorted((b for part in slices for b in part), key=exact) == wanted
+    assert in_order(sorted((b for part in slices for b in part), key=exact), wanted)
     for number, part in enumerate(slices):
-        assert part == [b for b in wanted if exact(b)[1] * numslices // TOP == number]
+        assert in_order(
+            part, [b for b in wanted if exact(b)[1] * numslices // TOP == number]
+        )
+
+
+def in_order(listed, wanted):
+    """*listed* holds the names of *wanted*, in its order.
+
+    Two names of one time and one digest written two ways (``5.0`` and
+    ``5.00``) are one place in the queue: between them no order is defined.
+    """
+    return sorted(listed) == sorted(wanted) and [exact(b) for b in listed] == [
+        exact(b) for b in wanted
+    ]
 
 
 @settings(max_examples=40, deadline=None)
