@@ -323,7 +323,7 @@ def test_a_backup_gone_before_it_is_recovered_is_passed_over(
         return real_load(path, *arguments)
 
     monkeypatch.setattr(
-        qfile,
+        entry_format,
         "load_entry",
         once(real_load, lambda path, *arguments: first in path, gone_first),
     )
