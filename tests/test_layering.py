@@ -26,7 +26,8 @@ LAYERS = {
     "lists": 0,
     "logs": 0,
     "mailman_site": 0,
-    # The configuration, which makes the core's objects.
+    # The configuration, which makes the core's objects, and its file syntax.
+    "configfile": 1,
     "configuration": 1,
     # What runs on a configuration.
     "runner": 2,
