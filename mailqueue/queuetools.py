@@ -22,6 +22,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -41,9 +42,12 @@ __all__ = [
     "count_entries",
     "delete",
     "dump_msgdata",
+    "entry_path",
     "hold",
     "hold_directory",
+    "in_hand",
     "list_entries",
+    "load_queue_file",
     "queue_counts",
     "release",
     "requeue",
@@ -206,6 +210,62 @@ def _read(queue: str, path: str, parsed: qfile.FileBase) -> QueueEntry:
         attempts=metadata.get(qfile.ATTEMPTS, 0),
         reason=qfile.one_line(metadata.get(qfile.REASON, ""), 500),
     )
+
+
+# One entry an operator names -----------------------------------------------------
+
+
+def entry_path(name: str) -> str:
+    """*name* as a path: a file base names its entry in whichever queue has it.
+
+    Queued, in hand or preserved in a queue first (the queues in the order
+    of their names), then held; anything else is taken as a path.
+    """
+    if os.sep in name or qfile.parse_filebase(name) is None:
+        return name
+    for queue in sorted(config.runners):
+        directory = config.runners[queue].path
+        for extension in (".pck", ".bak", ".psv"):
+            path = os.path.join(directory or "", name + extension)
+            if directory and os.path.lexists(path):
+                return path
+    for queue in sorted(config.runners):
+        path = os.path.join(hold_directory(queue), name + ".pck")
+        if os.path.lexists(path):
+            return path
+    return name
+
+
+#: How every queue file begins: the pickle opcode PROTO, and a protocol
+#: from 2 (GNU Mailman 2's) to 5.
+_PICKLE_START = re.compile(rb"\x80[\x02-\x05]")
+
+
+def load_queue_file(path: str) -> tuple[Any, dict[str, Any], memoryview]:
+    """Load the queue file at *path*, as :func:`mailqueue.qfile.load_entry` does.
+
+    A file that does not even begin as a pickle is said to be no queue file,
+    rather than described as a pickle that went wrong at its first byte.
+    """
+    data = qfile.read_file(path, config.max_entry_size)
+    name = os.path.basename(path)
+    if not _PICKLE_START.match(data):
+        begins = f"begins {data[:16]!r}" if data else "is empty"
+        raise qfile.QueueFileError(
+            f"{name}: not a queue file (a queue file is a pickle, which begins "
+            f"with byte 0x80; this one {begins})"
+        )
+    return qfile.parse_entry(data, name)
+
+
+def in_hand(filebase: str) -> str | None:
+    """The queue whose runner has the entry *filebase* in hand (a ``.bak``), if one."""
+    for name, section in sorted(config.runners.items()):
+        if section.path and os.path.lexists(
+            os.path.join(section.path, filebase + ".bak")
+        ):
+            return name
+    return None
 
 
 # Acting on one entry -----------------------------------------------------------

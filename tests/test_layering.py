@@ -38,6 +38,8 @@ LAYERS = {
     # The supervisor, then the command line and the conformance tools.
     "master": 3,
     "cli": 4,
+    "cli_base": 4,
+    "cli_queues": 4,
     "__main__": 4,
     "conformance": 4,
     # The package itself re-exports from every layer.
