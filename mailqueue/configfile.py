@@ -4,7 +4,8 @@ A layer of the configuration is INI text; :func:`read_layer` reads it into
 sections, remembering the line each section and key is on, so that an error
 about a value can say where it was set.  The functions after it turn one
 value's text into what it means (a duration, a size, an address, slices),
-each raising :exc:`ConfigurationError` that names the place it was given.
+each raising :exc:`~mailqueue.configuration.ConfigurationError` that names
+the place it was given.
 What the sections and keys are, and their defaults, is
 :mod:`mailqueue.configuration`'s.
 """
@@ -82,8 +83,8 @@ _WHAT_WENT_WRONG = {
 def read_layer(name: str, text: str) -> Layer:
     """The INI *text* of the layer called *name*, read into sections.
 
-    Raise :exc:`ConfigurationError`, naming the layer and the line, if it
-    is not INI text.  Which sections and keys there may be is not checked.
+    Raise :exc:`~mailqueue.configuration.ConfigurationError`, naming the
+    layer and the line, if it is not INI text.  Which sections and keys there may be is not checked.
     """
     parser = configparser.ConfigParser(interpolation=None, default_section="\0")
     lines: dict[tuple[str, str | None], int] = {}
