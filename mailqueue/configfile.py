@@ -84,7 +84,8 @@ def read_layer(name: str, text: str) -> Layer:
     """The INI *text* of the layer called *name*, read into sections.
 
     Raise :exc:`~mailqueue.configuration.ConfigurationError`, naming the
-    layer and the line, if it is not INI text.  Which sections and keys there may be is not checked.
+    layer and the line, if it is not INI text.  Which sections and keys
+    there may be is not checked.
     """
     parser = configparser.ConfigParser(interpolation=None, default_section="\0")
     lines: dict[tuple[str, str | None], int] = {}
