@@ -422,11 +422,19 @@ def _act(arguments: argparse.Namespace, config_file: str | None) -> int:
 
 
 def _taken(filebase: str) -> str:
-    """Which queue's runner has the entry *filebase* in hand, said after an error."""
+    """What "no such entry" adds if a runner has *filebase* in hand: where."""
     queue = queuetools.in_hand(filebase)
     if queue is None:
         return ""
     return f": a runner has it in hand in {queue}, and it is left to it"
+
+
+def _lists_may_exist() -> bool:
+    """False if there is no list database yet, so no lists: looking creates none."""
+    url = config.database_url
+    return not url.startswith("sqlite:///") or os.path.exists(
+        url.removeprefix("sqlite:///")
+    )
 
 
 def _list_names(name: str) -> set[str]:
@@ -436,10 +444,8 @@ def _list_names(name: str) -> set[str]:
     only entries are for it (its list was deleted, or is GNU Mailman's).
     Raise :exc:`CommandError` if neither is.
     """
-    url = config.database_url
     found = None
-    # Looking creates nothing: no database yet means no lists yet.
-    if not url.startswith("sqlite:///") or os.path.exists(url[len("sqlite:///") :]):
+    if _lists_may_exist():
         found = config.lists.get(name) or config.lists.get_by_list_id(name)
     if found is not None:
         return {name, found.list_id, found.fqdn_listname}
@@ -519,9 +525,7 @@ def _list_actions(lists: argparse.ArgumentParser) -> None:
 @COMMANDS.command("lists", "show, create or delete mailing lists", setup=_list_actions)
 def _lists(arguments: argparse.Namespace, config_file: str | None) -> int:
     if arguments.action is None:
-        # Listing creates nothing: no database yet means no lists yet.
-        url = config.database_url
-        if not url.startswith("sqlite:///") or os.path.exists(url[len("sqlite:///") :]):
+        if _lists_may_exist():
             for mlist in config.lists:
                 print(mlist.fqdn_listname)
         return 0

@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "count_entries",
     "delete",
     "dump_msgdata",
+    "entry_files",
     "entry_path",
     "hold",
     "hold_directory",
@@ -129,19 +130,29 @@ def _directories() -> list[tuple[str, str, tuple[str, ...]]]:
     return places
 
 
-def count_entries(directory: str, extensions: Iterable[str] = _WAITING) -> int:
-    """How many entries with *extensions* are in *directory* (none if it is not)."""
+def entry_files(
+    directory: str, extensions: Container[str]
+) -> Iterator[tuple[str, str, qfile.FileBase]]:
+    """The entries in *directory* whose extension is one of *extensions*.
+
+    Each as its file name, its extension and its parsed file base; a file
+    whose name is no entry's is passed over, and a directory that is not
+    there has none.
+    """
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
-        return 0
-    wanted = tuple(extensions)
-    return sum(
-        1
-        for name in names
-        if name.endswith(wanted)
-        and qfile.parse_filebase(os.path.splitext(name)[0]) is not None
-    )
+        return
+    for name in names:
+        base, extension = os.path.splitext(name)
+        parsed = qfile.parse_filebase(base)
+        if extension in extensions and parsed is not None:
+            yield name, extension, parsed
+
+
+def count_entries(directory: str, extensions: Iterable[str] = _WAITING) -> int:
+    """How many entries with *extensions* are in *directory* (none if it is not)."""
+    return sum(1 for _ in entry_files(directory, tuple(extensions)))
 
 
 def list_entries(queues: Iterable[str] | None = None) -> list[QueueEntry]:
@@ -155,15 +166,8 @@ def list_entries(queues: Iterable[str] | None = None) -> list[QueueEntry]:
             and queue.removeprefix("hold/") not in wanted
         ):
             continue
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            continue
-        for name in names:
-            base, ext = os.path.splitext(name)
-            parsed = qfile.parse_filebase(base)
-            if ext in extensions and parsed is not None:
-                found.append(_read(queue, os.path.join(directory, name), parsed))
+        for name, _, parsed in entry_files(directory, extensions):
+            found.append(_read(queue, os.path.join(directory, name), parsed))
     return sorted(found, key=lambda entry: (entry.when, entry.filebase))
 
 
