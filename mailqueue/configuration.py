@@ -33,21 +33,29 @@ pushed as the layer :func:`config_file_layer` names, which
 
 from __future__ import annotations
 
-import configparser
 import difflib
 import functools
 import hashlib
-import ipaddress
 import os
 import re
 import socket
-import string
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+from mailqueue.configfile import (
+    ConfigurationError,
+    Layer,
+    boolean,
+    duration,
+    expand,
+    loopback,
+    near,
+    read_layer,
+    size,
+    slices,
+)
 from mailqueue.entry_format import QFILE_SCHEMA_VERSION
-from mailqueue.errors import MailqueueError
 from mailqueue.lists import ListManager, MailingList
 from mailqueue.mailman_site import MailmanSite, MailmanSiteError, read_site
 from mailqueue.seal import Seal
@@ -106,24 +114,6 @@ start: no
 start: no
 """
 
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?)\s*(ms|s|m|h|d|w)?\s*")
-_SIZE = re.compile(r"\s*([0-9]+)\s*([a-zA-Z]*)\s*")
-# K, M and G alone are binary, as in most mail tools; KB, MB and GB decimal.
-_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3}
-_SIZE_UNITS |= {"m": 2**20, "mib": 2**20, "mb": 10**6}
-_SIZE_UNITS |= {"g": 2**30, "gib": 2**30, "gb": 10**9}
-_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_BOOLEANS = {
-    "yes": True,
-    "true": True,
-    "on": True,
-    "1": True,
-    "no": False,
-    "false": False,
-    "off": False,
-    "0": False,
-}
-
 
 #: The keys of the sections other than ``[runner.NAME]``.
 SECTION_KEYS = {
@@ -134,15 +124,6 @@ SECTION_KEYS = {
     "mailman": {"config"},
     "master": {"metrics_listen"},
 }
-
-
-class ConfigurationError(MailqueueError, ValueError):
-    """A mistake in the configuration: where it is, and what is wrong.
-
-    An unknown section or key, a value that is not what the key takes, a
-    ``$VARIABLE`` that is not defined, text that is not INI, a file that
-    cannot be read.
-    """
 
 
 def config_file_layer(path: str) -> str:
@@ -196,7 +177,7 @@ class Configuration:
     QFILE_SCHEMA_VERSION = QFILE_SCHEMA_VERSION
 
     def __init__(self) -> None:
-        self._layers: list[tuple[str, _Layer]] = [
+        self._layers: list[tuple[str, Layer]] = [
             ("defaults", _parse("defaults", DEFAULTS))
         ]
         self._lists: ListManager | None = None
@@ -276,12 +257,12 @@ class Configuration:
             # Beside Mailman's var dir, never in it.
             var_dir = os.path.join(os.path.dirname(site.paths["VAR_DIR"]), "mailqueue")
         var_dir = os.path.abspath(
-            os.path.expanduser(_expand(var_dir, {}, at("paths", "var_dir")))
+            os.path.expanduser(expand(var_dir, {}, at("paths", "var_dir")))
         )
         substitutions = {"VAR_DIR": var_dir}
         for key in ("queue_dir", "data_dir", "log_dir"):
             substitutions[key.upper()] = os.path.abspath(
-                _expand(paths.get(key, ""), substitutions, at("paths", key))
+                expand(paths.get(key, ""), substitutions, at("paths", key))
             )
         runners = {}
         if site is None:
@@ -307,13 +288,13 @@ class Configuration:
         #: The GNU Mailman site whose queues these are, or None.
         self.mailman: MailmanSite | None = site
         queues = merged.get("queues", {})
-        max_entry_size = _size(
+        max_entry_size = size(
             queues.get("max_entry_size", "32MiB"), at("queues", "max_entry_size")
         )
-        stale_tmp_after = _duration(
+        stale_tmp_after = duration(
             queues.get("stale_tmp_after", "1h"), at("queues", "stale_tmp_after")
         )
-        max_queue_lifetime = _duration(
+        max_queue_lifetime = duration(
             queues.get("max_queue_lifetime", "5d"), at("queues", "max_queue_lifetime")
         )
         #: What is odd but not wrong, one line each: a ``[runner.NAME]``
@@ -344,7 +325,7 @@ class Configuration:
             )
         #: Where the master serves the metrics (``[master] metrics_listen``):
         #: a loopback address and a port, or None for nowhere.
-        self.metrics_listen = _loopback(
+        self.metrics_listen = loopback(
             merged.get("master", {}).get("metrics_listen", ""),
             at("master", "metrics_listen"),
         )
@@ -519,53 +500,10 @@ def _outside_mailman(
                 )
 
 
-@dataclass(frozen=True)
-class _Layer:
-    """One layer's sections, and the line each section and key is on."""
-
-    name: str
-    sections: dict[str, dict[str, str]]
-    lines: dict[tuple[str, str | None], int]
-
-    def where(self, section: str, key: str | None = None) -> str:
-        source = (
-            self.name
-            if self.name.startswith("config file ")
-            else (f"configuration {self.name!r}")
-        )
-        line = self.lines.get((section, key))
-        return f"{source}, line {line}" if line else source
-
-
-_SECTION = re.compile(r"\s*\[(?P<name>[^\]]+)\]")
-_KEY = re.compile(r"(?P<key>[^\s:=#;][^:=]*?)\s*[:=]")
-
-
-def _parse(name: str, text: str) -> _Layer:
-    parser = configparser.ConfigParser(interpolation=None, default_section="\0")
-    lines: dict[tuple[str, str | None], int] = {}
-    try:
-        parser.read_string(text, source=name)
-    except configparser.Error as error:
-        line = getattr(error, "lineno", None)
-        what = type(error).__name__.removesuffix("Error")
-        where = _Layer(name, {}, {}).where("")
-        raise ConfigurationError(
-            f"{where}{f', line {line}' if line else ''}: not a valid configuration "
-            f"({_WHAT_WENT_WRONG.get(what, what)})"
-        ) from None
-    section = None
-    for number, line in enumerate(text.splitlines(), 1):
-        if match := _SECTION.match(line):
-            section = match["name"]
-            lines.setdefault((section, None), number)
-        elif (
-            section is not None
-            and not line[:1].isspace()
-            and (match := _KEY.match(line))
-        ):
-            lines.setdefault((section, match["key"].strip().lower()), number)
-    layer = _Layer(name, {s: dict(parser[s]) for s in parser.sections()}, lines)
+def _parse(name: str, text: str) -> Layer:
+    # The layer's text, read, and checked against the sections and keys
+    # there are.
+    layer = read_layer(name, text)
     for section, values in layer.sections.items():
         for key, value in values.items():
             if "\0" in value:
@@ -580,13 +518,13 @@ def _parse(name: str, text: str) -> _Layer:
         else:
             raise ConfigurationError(
                 f"{layer.where(section)}: unknown section [{section}]"
-                + _near(section, [*SECTION_KEYS, *_RUNNER_SECTIONS])
+                + near(section, [*SECTION_KEYS, *_RUNNER_SECTIONS])
             )
         for key in values:
             if key not in known:
                 raise ConfigurationError(
                     f"{layer.where(section, key)}: [{section}] unknown key "
-                    f"{key!r}" + _near(key, known)
+                    f"{key!r}" + near(key, known)
                 )
     return layer
 
@@ -602,7 +540,7 @@ _BUILT_IN_CLASSES = "mailqueue.runner.Runner", "mailqueue.runners."
 
 
 def _near_misses(
-    runners: dict[str, RunnerConfig], layers: list[tuple[str, _Layer]]
+    runners: dict[str, RunnerConfig], layers: list[tuple[str, Layer]]
 ) -> list[str]:
     """A warning for each queue nothing sends to whose name is a near miss."""
     warnings = []
@@ -624,82 +562,6 @@ def _near_misses(
                 f"to (did you mean [runner.{close[0]}]?)"
             )
     return warnings
-
-
-_WHAT_WENT_WRONG = {
-    "MissingSectionHeader": "a line before any [section]",
-    "Parsing": "a line that is not 'key: value'",
-    "DuplicateSection": "a section given twice",
-    "DuplicateOption": "a key given twice in one section",
-}
-
-
-def _near(word: str, candidates: Iterable[str]) -> str:
-    """``" (did you mean X?)"`` for the candidate *word* is a near miss of."""
-    close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _expand(value: str, substitutions: dict[str, str], where: str) -> str:
-    try:
-        return string.Template(value).substitute(substitutions)
-    except KeyError as error:
-        raise ConfigurationError(
-            f"{where} uses ${error.args[0]}, which is not defined"
-            + _near(error.args[0], substitutions)
-        ) from None
-    except ValueError as error:
-        raise ConfigurationError(
-            f"{where}: cannot expand {value!r} ({error})"
-        ) from None
-
-
-def _duration(value: str, where: str) -> timedelta:
-    match = _DURATION.fullmatch(value)
-    if match is None:
-        raise ConfigurationError(
-            f"{where} must be a duration such as 1s, 500ms or 15m, not {value!r}"
-        )
-    return timedelta(seconds=float(match[1]) * _SECONDS[match[2] or "s"])
-
-
-def _size(value: str, where: str) -> int:
-    match = _SIZE.fullmatch(value)
-    factor = _SIZE_UNITS.get(match[2].lower()) if match else None
-    if match is None or factor is None or int(match[1]) == 0:
-        raise ConfigurationError(
-            f"{where} must be a size such as 32MiB, 500KB or 1048576, not {value!r}"
-        )
-    return int(match[1]) * factor
-
-
-def _loopback(value: str, where: str) -> tuple[str, int] | None:
-    # HOST:PORT, HOST an IP address of this host's loopback (IPv6 in
-    # brackets); empty for none.
-    text = value.strip()
-    if not text:
-        return None
-    host, _, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    if (
-        address is None
-        or not re.fullmatch(r"[0-9]{1,5}", port)
-        or not (0 < int(port) < 65536)
-    ):
-        raise ConfigurationError(
-            f"{where} must be a loopback address and a port, such as "
-            f"127.0.0.1:9436 or [::1]:9436, not {value!r}"
-        )
-    if not address.is_loopback:
-        raise ConfigurationError(
-            f"{where}: {host} is not a loopback address: the metrics are served "
-            "to this host only (a proxy or an exporter can pass them on)"
-        )
-    return str(address), int(port)
 
 
 def _runner_config(
@@ -725,14 +587,10 @@ def _runner_config(
         raise ConfigurationError(
             f"{at('instances')} must be a power of two, not {instances}"
         )
-    sleep_time = _duration(values["sleep_time"], at("sleep_time"))
-    start = _BOOLEANS.get(values["start"].strip().lower())
-    if start is None:
-        raise ConfigurationError(
-            f"{at('start')} must be yes or no, not {values['start']!r}"
-        )
-    path = _expand(values["path"].strip(), substitutions | {"name": name}, at("path"))
-    prefer = _slices(values["prefer"], instances, at("prefer"))
+    sleep_time = duration(values["sleep_time"], at("sleep_time"))
+    start = boolean(values["start"], at("start"))
+    path = expand(values["path"].strip(), substitutions | {"name": name}, at("path"))
+    prefer = slices(values["prefer"], instances, at("prefer"))
     return RunnerConfig(
         name=name,
         class_path=values["class"].strip(),
@@ -740,28 +598,10 @@ def _runner_config(
         instances=instances,
         max_restarts=integer("max_restarts", 0),
         sleep_time=sleep_time,
-        restart_window=_duration(values["restart_window"], at("restart_window")),
+        restart_window=duration(values["restart_window"], at("restart_window")),
         start=start,
         prefer=prefer,
     )
-
-
-def _slices(text: str, instances: int, where: str) -> frozenset[int]:
-    # "0-1, 3": slice numbers and ranges of them, each below instances.
-    found: set[int] = set()
-    for part in filter(None, (piece.strip() for piece in text.split(","))):
-        match = re.fullmatch(r"([0-9]+)(?:\s*-\s*([0-9]+))?", part)
-        if match is None:
-            raise ConfigurationError(
-                f"{where} must be slice numbers and ranges (like 0-1, 3), not {text!r}"
-            )
-        first, last = int(match[1]), int(match[2] or match[1])
-        if first > last or last >= instances:
-            raise ConfigurationError(
-                f"{where}: {part} is not a range of slices 0 to {instances - 1}"
-            )
-        found.update(range(first, last + 1))
-    return frozenset(found)
 
 
 #: The configuration of this process.

@@ -9,7 +9,16 @@ import re
 from email.header import decode_header, make_header
 from email.utils import getaddresses
 
-__all__ = ["SENDER_HEADERS", "Message", "decoded", "message_from_string"]
+from mailqueue.errors import MailqueueError
+
+__all__ = [
+    "SENDER_HEADERS",
+    "Message",
+    "MessageError",
+    "decoded",
+    "message_from_string",
+    "parse_message",
+]
 
 #: The headers that can name a message's author, in the order they are
 #: believed; ``from_`` is the envelope sender (the mbox ``From`` line).
@@ -96,3 +105,48 @@ def decoded(value: str) -> str:
 def message_from_string(text: str) -> Message:
     """Parse *text* (an RFC 5322 message) into a :class:`Message`."""
     return email.message_from_string(text, _class=Message)
+
+
+class MessageError(MailqueueError, ValueError):
+    """Data that is not an RFC 5322 message: where it came from, and why not."""
+
+
+def parse_message(data: bytes, source: str) -> Message:
+    """Parse *data*, which came from *source*, into a :class:`Message`, strictly.
+
+    Raise :exc:`MessageError` if it has no header fields, or if a line
+    among them is neither a header field nor the blank line before the
+    body: the message says which line (the email parser would take that
+    line and all after it as the body).
+    """
+    text = data.decode("utf-8", errors="surrogateescape")
+    msg = message_from_string(text)
+    headerless = any(
+        isinstance(defect, email.errors.MissingHeaderBodySeparatorDefect)
+        for defect in msg.defects
+    )
+    if not data.strip() or not msg.keys():
+        raise MessageError(f"{source} is not an RFC 5322 message (no header fields)")
+    if headerless:
+        # The parser stopped at a line that is neither a header field, nor its
+        # continuation, nor the blank line before the body: name it.  Lines are
+        # split and told apart as the parser does (str.splitlines would also
+        # end one at a form feed, str.isspace take any white space for a
+        # continuation), so there always is such a line: the one it stopped
+        # at, or before it one with no field name (":x").
+        number, line = next(
+            (number, line)
+            for number, line in enumerate(_LINE_END.split(text), 1)
+            if not _HEADER_LINE.match(line)
+        )
+        raise MessageError(
+            f"{source}, line {number}: not a header field: {line[:60]!r}"
+        )
+    return msg
+
+
+# The line ends the email parser knows (it reads text with newline="").
+_LINE_END = re.compile(r"\r\n|\r|\n")
+# A header field (its name: printable ASCII but the colon, RFC 5322), a
+# continuation line (space or tab first), or the mbox "From " line.
+_HEADER_LINE = re.compile(r"[!-9;-~]+:|[ \t]|From ")

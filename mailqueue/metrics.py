@@ -43,7 +43,7 @@ from mailqueue import qfile
 from mailqueue.configuration import config
 from mailqueue.errors import MailqueueError
 from mailqueue.ownership import slice_owner
-from mailqueue.queuetools import hold_directory
+from mailqueue.queuetools import entry_files, hold_directory
 
 __all__ = [
     "AGE_BUCKETS",
@@ -190,19 +190,9 @@ def _entry_ages(queue: str, directory: str, now: float) -> dict[str, list[float]
         (hold_directory(queue), ("held",)),
     ):
         wanted = {STATES[state]: state for state in states}
-        for name in _names(where):
-            base, extension = os.path.splitext(name)
-            parsed = qfile.parse_filebase(base)
-            if extension in wanted and parsed is not None:
-                ages[wanted[extension]].append(max(0.0, now - parsed.when))
+        for _, extension, parsed in entry_files(where, wanted):
+            ages[wanted[extension]].append(max(0.0, now - parsed.when))
     return ages
-
-
-def _names(directory: str) -> list[str]:
-    try:
-        return os.listdir(directory)
-    except FileNotFoundError:
-        return []
 
 
 def _add_runner_samples(

@@ -22,8 +22,9 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +42,13 @@ __all__ = [
     "count_entries",
     "delete",
     "dump_msgdata",
+    "entry_files",
+    "entry_path",
     "hold",
     "hold_directory",
+    "in_hand",
     "list_entries",
+    "load_queue_file",
     "queue_counts",
     "release",
     "requeue",
@@ -125,19 +130,29 @@ def _directories() -> list[tuple[str, str, tuple[str, ...]]]:
     return places
 
 
-def count_entries(directory: str, extensions: Iterable[str] = _WAITING) -> int:
-    """How many entries with *extensions* are in *directory* (none if it is not)."""
+def entry_files(
+    directory: str, extensions: Container[str]
+) -> Iterator[tuple[str, str, qfile.FileBase]]:
+    """The entries in *directory* whose extension is one of *extensions*.
+
+    Each as its file name, its extension and its parsed file base; a file
+    whose name is no entry's is passed over, and a directory that is not
+    there has none.
+    """
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
-        return 0
-    wanted = tuple(extensions)
-    return sum(
-        1
-        for name in names
-        if name.endswith(wanted)
-        and qfile.parse_filebase(os.path.splitext(name)[0]) is not None
-    )
+        return
+    for name in names:
+        base, extension = os.path.splitext(name)
+        parsed = qfile.parse_filebase(base)
+        if extension in extensions and parsed is not None:
+            yield name, extension, parsed
+
+
+def count_entries(directory: str, extensions: Iterable[str] = _WAITING) -> int:
+    """How many entries with *extensions* are in *directory* (none if it is not)."""
+    return sum(1 for _ in entry_files(directory, tuple(extensions)))
 
 
 def list_entries(queues: Iterable[str] | None = None) -> list[QueueEntry]:
@@ -151,15 +166,8 @@ def list_entries(queues: Iterable[str] | None = None) -> list[QueueEntry]:
             and queue.removeprefix("hold/") not in wanted
         ):
             continue
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            continue
-        for name in names:
-            base, ext = os.path.splitext(name)
-            parsed = qfile.parse_filebase(base)
-            if ext in extensions and parsed is not None:
-                found.append(_read(queue, os.path.join(directory, name), parsed))
+        for name, _, parsed in entry_files(directory, extensions):
+            found.append(_read(queue, os.path.join(directory, name), parsed))
     return sorted(found, key=lambda entry: (entry.when, entry.filebase))
 
 
@@ -206,6 +214,62 @@ def _read(queue: str, path: str, parsed: qfile.FileBase) -> QueueEntry:
         attempts=metadata.get(entry_format.ATTEMPTS, 0),
         reason=entry_format.one_line(metadata.get(entry_format.REASON, ""), 500),
     )
+
+
+# One entry an operator names -----------------------------------------------------
+
+
+def entry_path(name: str) -> str:
+    """*name* as a path: a file base names its entry in whichever queue has it.
+
+    Queued, in hand or preserved in a queue first (the queues in the order
+    of their names), then held; anything else is taken as a path.
+    """
+    if os.sep in name or qfile.parse_filebase(name) is None:
+        return name
+    for queue in sorted(config.runners):
+        directory = config.runners[queue].path
+        for extension in (".pck", ".bak", ".psv"):
+            path = os.path.join(directory or "", name + extension)
+            if directory and os.path.lexists(path):
+                return path
+    for queue in sorted(config.runners):
+        path = os.path.join(hold_directory(queue), name + ".pck")
+        if os.path.lexists(path):
+            return path
+    return name
+
+
+#: How every queue file begins: the pickle opcode PROTO, and a protocol
+#: from 2 (GNU Mailman 2's) to 5.
+_PICKLE_START = re.compile(rb"\x80[\x02-\x05]")
+
+
+def load_queue_file(path: str) -> tuple[Any, dict[str, Any], memoryview]:
+    """Load the queue file at *path*, as :func:`mailqueue.entry_format.load_entry` does.
+
+    A file that does not even begin as a pickle is said to be no queue file,
+    rather than described as a pickle that went wrong at its first byte.
+    """
+    data = qfile.read_file(path, config.max_entry_size)
+    name = os.path.basename(path)
+    if not _PICKLE_START.match(data):
+        begins = f"begins {data[:16]!r}" if data else "is empty"
+        raise qfile.QueueFileError(
+            f"{name}: not a queue file (a queue file is a pickle, which begins "
+            f"with byte 0x80; this one {begins})"
+        )
+    return entry_format.parse_entry(data, name)
+
+
+def in_hand(filebase: str) -> str | None:
+    """The queue whose runner has the entry *filebase* in hand (a ``.bak``), if one."""
+    for name, section in sorted(config.runners.items()):
+        if section.path and os.path.lexists(
+            os.path.join(section.path, filebase + ".bak")
+        ):
+            return name
+    return None
 
 
 # Acting on one entry -----------------------------------------------------------

@@ -528,5 +528,3 @@ def default_bad_directory(queue_directory: str) -> str:
     """
     parent = os.path.dirname(os.path.normpath(queue_directory))
     return os.path.join(parent, "bad")
-
-

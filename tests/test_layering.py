@@ -29,7 +29,8 @@ LAYERS = {
     "lists": 0,
     "logs": 0,
     "mailman_site": 0,
-    # The configuration, which makes the core's objects.
+    # The configuration, which makes the core's objects, and its file syntax.
+    "configfile": 1,
     "configuration": 1,
     # What runs on a configuration.
     "runner": 2,
@@ -40,6 +41,8 @@ LAYERS = {
     # The supervisor, then the command line and the conformance tools.
     "master": 3,
     "cli": 4,
+    "cli_base": 4,
+    "cli_queues": 4,
     "__main__": 4,
     "conformance": 4,
     # The package itself re-exports from every layer.

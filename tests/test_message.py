@@ -1,12 +1,14 @@
-"""The message class (mailqueue.message): the senders it believes."""
+"""mailqueue.message: the senders a message believes, and strict parsing."""
 
 from email.utils import getaddresses
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mailqueue import message as message_module
 from mailqueue import message_from_string
+from mailqueue.message import MessageError, parse_message
 
 
 def test_senders_lists_every_author_address_in_the_order_believed():
@@ -58,3 +60,32 @@ def test_a_plain_address_is_read_as_getaddresses_reads_it(name, local, domain, f
     assert msg.senders == expected  # From: is its only sender header
     if message_module._PLAIN.fullmatch(msg["from"]):
         assert len(expected) == 1  # the fast way took it
+
+
+def test_a_message_with_header_fields_is_parsed():
+    msg = parse_message(b"From a@example.com x\nFrom: a@example.com\n\nHi\n", "m")
+    assert (msg["from"], msg.get_payload()) == ("a@example.com", "Hi\n")
+
+
+@pytest.mark.parametrize("data", [b"", b"  \n", b"\nonly a body\n"])
+def test_data_without_header_fields_is_no_message(data):
+    with pytest.raises(MessageError) as raised:
+        parse_message(data, "standard input")
+    assert str(raised.value) == (
+        "standard input is not an RFC 5322 message (no header fields)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"From: a@example.com\nnot a field\n\nHi\n", "line 2: 'not a field'"),
+        # A carriage return alone ends a line, as the email parser reads it.
+        (b"Subject: x\rnot a field\r\rHi\r", "line 2: 'not a field'"),
+    ],
+)
+def test_the_line_that_is_no_header_field_is_named(data, said):
+    with pytest.raises(MessageError) as raised:
+        parse_message(data, "m.eml")
+    line, text = said.split(": ", 1)
+    assert str(raised.value) == f"m.eml, {line}: not a header field: {text}"
