@@ -63,8 +63,8 @@ from mailqueue import (
     config,
     create_list,
     message_from_string,
+    pickle_rules,
     qfile,
-    safepickle,
 )
 from mailqueue import cli as command_line
 from mailqueue.qfile import load_entry
@@ -441,7 +441,7 @@ class _Child:
 def _class_state() -> dict[str, object]:
     """What a hostile file could change in the classes it may name."""
     names = {}
-    for (module, name), value in safepickle._ALLOWED.items():
+    for (module, name), value in pickle_rules.ALLOWED.items():
         state = dict(getattr(value, "__dict__", {}))
         # copyreg caches the slot names of a class the first time one of its
         # instances is pickled, whatever the instance.
