@@ -64,8 +64,11 @@ LONG_STRING = 4096
 
 
 class PickleRefused(MailqueueError, ValueError):
-    """A pickle that :func:`~mailqueue.safepickle.check` or
-    :class:`~mailqueue.safepickle.SafeUnpickler` will not load."""
+    """A pickle that :func:`~mailqueue.safepickle.check` will not load.
+
+    :class:`~mailqueue.safepickle.SafeUnpickler` raises it too, for a name
+    that is not allowed or a persistent id.
+    """
 
 
 def refused_global(module: str, name: str) -> str:

@@ -264,6 +264,35 @@ def test_a_persistent_id_is_refused_by_check_and_by_load(persistent_id):
 
 
 @pytest.mark.parametrize(
+    ("encoding", "refusal"),
+    [(b"latin1", None), (b"latin-1", None), (b"utf-8", "decode bytes with 'utf-8'")],
+)
+def test_bytes_are_decoded_from_latin_1_text_only(encoding, refusal):
+    # Protocols 0 to 2 write bytes as _codecs.encode(text, "latin1").  The
+    # arguments are two strings either way, which check() accepts; load()
+    # decodes only Latin-1.
+    data = (
+        P4
+        + pickle.GLOBAL
+        + b"_codecs\nencode\n"
+        + pickle.SHORT_BINUNICODE
+        + b"\x02\xc3\xa9"
+        + pickle.SHORT_BINUNICODE
+        + bytes([len(encoding)])
+        + encoding
+        + pickle.TUPLE2
+        + pickle.REDUCE
+        + pickle.STOP
+    )
+    assert safepickle.check(data) == ("other", len(data))
+    if refusal is None:
+        assert safepickle.load(data) == b"\xe9"
+    else:
+        with pytest.raises(safepickle.PickleRefused, match=refusal):
+            safepickle.load(data)
+
+
+@pytest.mark.parametrize(
     "one_more",
     [pickle.NONE, pickle.EMPTY_LIST],
     ids=["a-scalar", "a-container"],
