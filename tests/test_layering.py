@@ -19,6 +19,9 @@ LAYERS = {
     # The core: queue files, messages, switchboards, lists.  No configuration.
     "errors": 0,
     "message": 0,
+    "pickle_rules": 0,
+    "pickle_sketch": 0,
+    "pickle_checker": 0,
     "safepickle": 0,
     "seal": 0,
     "qfile": 0,

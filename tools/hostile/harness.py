@@ -64,7 +64,7 @@ from mailqueue import (
     create_list,
     entry_format,
     message_from_string,
-    safepickle,
+    pickle_rules,
 )
 from mailqueue import cli as command_line
 from mailqueue.entry_format import load_entry
@@ -441,7 +441,7 @@ class _Child:
 def _class_state() -> dict[str, object]:
     """What a hostile file could change in the classes it may name."""
     names = {}
-    for (module, name), value in safepickle._ALLOWED.items():
+    for (module, name), value in pickle_rules.ALLOWED.items():
         state = dict(getattr(value, "__dict__", {}))
         # copyreg caches the slot names of a class the first time one of its
         # instances is pickled, whatever the instance.
