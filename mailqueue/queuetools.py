@@ -176,43 +176,32 @@ def _read(queue: str, path: str, parsed: qfile.FileBase) -> QueueEntry:
         size = os.lstat(path).st_size
     except OSError:
         size = 0  # gone since it was listed: the load below says so
+    found: dict[str, Any] = {"list": "", "sender": "", "subject": ""}
     try:
         msg, metadata, _ = entry_format.load_entry(path, config.max_entry_size)
     except (OSError, qfile.QueueFileError) as error:
-        return QueueEntry(
-            queue,
-            parsed.text,
-            path,
-            parsed.when,
-            size,
-            "",
-            "",
-            "",
-            str(error),
-            first_queued=parsed.when,
-        )
-    names = [metadata.get(key) for key in ("listid", "listname")]
-    mlist = next((name for name in names if isinstance(name, str)), "")
-    if isinstance(msg, str):
-        sender, subject = "", "(stored as text)"
+        found["problem"], metadata = str(error), {}
     else:
-        try:
-            sender = msg.sender
-            subject = decoded(str(msg.get("subject", "")))
-        except Exception:  # a message put together so that it cannot say
-            sender, subject = "", "(unreadable headers)"
+        names = [metadata.get(key) for key in ("listid", "listname")]
+        found["list"] = next((name for name in names if isinstance(name, str)), "")
+        if isinstance(msg, str):
+            found["subject"] = "(stored as text)"
+        else:
+            try:
+                found["sender"] = msg.sender
+                found["subject"] = decoded(str(msg.get("subject", "")))
+            except Exception:  # a message put together so that it cannot say
+                found["sender"], found["subject"] = "", "(unreadable headers)"
     return QueueEntry(
         queue,
         parsed.text,
         path,
         parsed.when,
         size,
-        mlist,
-        sender,
-        subject,
         first_queued=metadata.get(entry_format.FIRST_QUEUED, parsed.when),
         attempts=metadata.get(entry_format.ATTEMPTS, 0),
         reason=entry_format.one_line(metadata.get(entry_format.REASON, ""), 500),
+        **found,
     )
 
 
