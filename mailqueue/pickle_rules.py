@@ -80,15 +80,20 @@ def refused_global(module: str, name: str) -> str:
 
 
 def _bytes_from_text(text: str, encoding: str = "latin1") -> bytes:
-    # Pickle protocols 0 to 2 store bytes as _codecs.encode(text, "latin1").
+    """Bytes from *text*, as pickle protocols 0 to 2 store them: Latin-1 only.
+
+    Those protocols write bytes as ``_codecs.encode(text, "latin1")``.
+    """
     if encoding not in ("latin1", "latin-1"):
         raise PickleRefused(f"refused to decode bytes with {encoding!r}")
     return text.encode("latin1")
 
 
 def _mailman_utc() -> datetime.tzinfo:
-    # GNU Mailman's UTC time zone (mailman.utilities.datetime.UTC), made
-    # with no arguments: read as the standard library's.
+    """GNU Mailman's UTC time zone, made with no arguments, as the standard library's.
+
+    That is ``mailman.utilities.datetime.UTC``.
+    """
     return datetime.UTC
 
 

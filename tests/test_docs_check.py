@@ -49,8 +49,12 @@ def test_every_public_name_has_a_docstring():
         assert loaded.__doc__, module.name
         for name in loaded.__all__:
             value = getattr(loaded, name)
-            if (inspect.isclass(value) or inspect.isfunction(value)) and not (
-                value.__doc__ or ""
-            ).strip():
+            # Only what mailqueue defines: a name may stand for the standard
+            # library's own function (pickle_rules.RECONSTRUCTOR).
+            if (
+                (inspect.isclass(value) or inspect.isfunction(value))
+                and value.__module__.startswith("mailqueue")
+                and not (value.__doc__ or "").strip()
+            ):
                 undocumented.append(f"{module.name}.{name}")
     assert undocumented == []
