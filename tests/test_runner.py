@@ -284,7 +284,10 @@ def test_a_runner_whose_master_is_gone_says_so_once(var_dir, monkeypatch, caplog
     assert caplog.messages == ["ticker runner: its master is gone; stopping"]
 
 
-def test_a_repeated_error_is_counted_and_said_again_each_minute(monkeypatch, caplog):
+@pytest.fixture
+def clock(monkeypatch):
+    """The runner module's clock, which the test sets (``clock.now``)."""
+
     class Clock:
         now = 1000.0
 
@@ -293,12 +296,16 @@ def test_a_repeated_error_is_counted_and_said_again_each_minute(monkeypatch, cap
             return cls.now
 
     monkeypatch.setattr(runner_module, "time", Clock)
+    return Clock
+
+
+def test_a_repeated_error_is_counted_and_said_again_each_minute(clock, caplog):
     errors = _RepeatedErrors(logging.getLogger("mailqueue.error"))
     with caplog.at_level(logging.INFO, logger="mailqueue.error"):
         for second in range(0, 61, 10):  # seven times in a minute
-            Clock.now = 1000.0 + second
+            clock.now = 1000.0 + second
             errors.error("the disk is %s", "failing")
-        Clock.now += 1
+        clock.now += 1
         errors.error("the disk is %s", "failing")
         errors.flush()
     assert caplog.messages == [
@@ -456,22 +463,16 @@ def test_the_error_log_names_the_entry_once_per_cause(plain_list, caplog):
     )
 
 
-def test_repeated_errors_are_counted_per_cause_and_forgotten(monkeypatch, caplog):
-    class Clock:
-        now = 1000.0
-
-        @classmethod
-        def monotonic(cls):
-            return cls.now
-
-    monkeypatch.setattr(runner_module, "time", Clock)
+def test_repeated_errors_are_counted_per_cause_and_forgotten(
+    clock, monkeypatch, caplog
+):
     errors = _RepeatedErrors(logging.getLogger("mailqueue.error"))
     with caplog.at_level(logging.INFO, logger="mailqueue.error"):
         for entry in ("a", "b", "c"):  # two causes, interleaved
             errors.error("%s failed", entry, key="disk", again=f"again, last {entry}")
             errors.error("%s is odd", entry, key="odd")
         errors.tick()  # too early: nothing said
-        Clock.now += 60
+        clock.now += 60
         errors.tick()
         assert caplog.messages == [
             "a failed",
@@ -479,7 +480,7 @@ def test_repeated_errors_are_counted_per_cause_and_forgotten(monkeypatch, caplog
             "again, last c (2 more times)",
             "c is odd (2 more times)",
         ]
-        Clock.now += 60
+        clock.now += 60
         errors.tick()  # no repeats in that minute: both forgotten
         errors.error("d failed", key="disk")
         assert caplog.messages[-1] == "d failed"
