@@ -52,3 +52,9 @@ graphviz_output_format = "svg"
 copybutton_prompt_text = r">>> |\.\.\. |\$ "
 copybutton_prompt_is_regexp = True
 copybutton_only_copy_prompt_lines = True
+
+# A name a module re-exports (safepickle.PickleRefused, from pickle_rules)
+# links to its source from the page of the module that defines it only:
+# followed from the re-exporting page, viewcode's link back names an anchor
+# that page does not have.
+viewcode_follow_imported_members = False

@@ -16,7 +16,7 @@ import os
 import pwd
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from mailqueue import queuetools
 from mailqueue.configuration import config
@@ -43,8 +43,14 @@ class CommandError(MailqueueError):
 
 # How a command is declared -------------------------------------------------------
 
-#: An argument of a command: the flags and options ``add_argument`` is given.
-Argument = tuple[tuple[str, ...], dict[str, Any]]
+
+class Argument(NamedTuple):
+    """An argument of a command: the flags and options ``add_argument`` is given."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any]
+
+
 #: A command's function: it is given the parsed arguments and the
 #: configuration file's name, and returns the exit status.
 Function = Callable[[argparse.Namespace, "str | None"], int]
@@ -86,7 +92,7 @@ class Commands(list[Command]):
 
 def arg(*flags: str, **options: Any) -> Argument:
     """An argument of a command: what ``add_argument`` is given."""
-    return flags, options
+    return Argument(flags, options)
 
 
 def positive_seconds(text: str) -> float:

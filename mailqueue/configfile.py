@@ -24,7 +24,6 @@ from datetime import timedelta
 from mailqueue.errors import MailqueueError
 
 __all__ = [
-    "ConfigurationError",
     "Layer",
     "boolean",
     "duration",

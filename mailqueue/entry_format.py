@@ -32,7 +32,7 @@ import os
 import pickle
 from typing import Any
 
-from mailqueue import qfile, safepickle
+from mailqueue import pickle_rules, qfile, safepickle
 from mailqueue.errors import MailqueueError
 from mailqueue.message import Message
 from mailqueue.qfile import MAX_ENTRY_SIZE, QueueFileError
@@ -213,7 +213,7 @@ def dump_checked(
     except RecursionError:
         raise TypeError(
             f"cannot queue this {what}: nested more than "
-            f"{safepickle.MAX_DEPTH} levels deep"
+            f"{pickle_rules.MAX_DEPTH} levels deep"
         ) from None
     return data
 

@@ -44,8 +44,20 @@ __all__ = [
 ]
 
 # Kinds of object.  Scalars are immutable, hashable and contain nothing.
-INT, FLOAT, NONE, STR, BYTES, VALUE = range(6)
-BYTEARRAY, LIST, TUPLE, DICT, SET, FROZENSET, GLOBAL, INSTANCE = range(6, 14)
+INT = 0  #: A scalar kind: an int (or a bool).
+FLOAT = 1  #: A scalar kind: a float.
+NONE = 2  #: A scalar kind: None.
+STR = 3  #: A scalar kind: a str.
+BYTES = 4  #: A scalar kind: a bytes.
+VALUE = 5  #: A scalar kind: an allowed value (a date, a time zone...).
+BYTEARRAY = 6  #: A mutable kind: a bytearray.
+LIST = 7  #: A mutable kind: a list.
+TUPLE = 8  #: A kind: a tuple.
+DICT = 9  #: A mutable kind: a dict.
+SET = 10  #: A mutable kind: a set.
+FROZENSET = 11  #: A kind: a frozenset.
+GLOBAL = 12  #: A kind: an allowed class or function, named by the pickle.
+INSTANCE = 13  #: A mutable kind: an instance of an allowed class.
 #: The kinds of scalar.
 SCALARS = frozenset({INT, FLOAT, NONE, STR, BYTES, VALUE})
 #: The kinds of object that can change after they are made.

@@ -54,10 +54,8 @@ from typing import Any
 from mailqueue.pickle_checker import Checker
 from mailqueue.pickle_rules import (
     ALLOWED,
-    LONG_STRING,
     MAX_DEPTH,
     MAX_OBJECTS,
-    MAX_ODD_KEYS,
     MESSAGE_CLASSES,
     MIN_WEIGHT,
     POLICY,
@@ -66,14 +64,9 @@ from mailqueue.pickle_rules import (
 )
 from mailqueue.pickle_sketch import DICT, INSTANCE, STR
 
-# The limits and the refusal are defined with the allowed names (in
-# mailqueue.pickle_rules) and are part of this module's API.
+# The refusal is defined with the allowed names and the limits (in
+# mailqueue.pickle_rules), and is part of this module's API too.
 __all__ = [
-    "LONG_STRING",
-    "MAX_DEPTH",
-    "MAX_OBJECTS",
-    "MAX_ODD_KEYS",
-    "MIN_WEIGHT",
     "PickleRefused",
     "SafeUnpickler",
     "check",

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailqueue import message_from_string, safepickle
+from mailqueue import message_from_string, pickle_rules, safepickle
 from mailqueue.message import Message
 
 scalars = st.one_of(
@@ -303,7 +303,7 @@ def test_one_object_more_than_max_objects_is_refused(one_more):
         P4
         + pickle.EMPTY_LIST
         + pickle.MARK
-        + pickle.NONE * (safepickle.MAX_OBJECTS - 1)
+        + pickle.NONE * (pickle_rules.MAX_OBJECTS - 1)
     )
     at_limit = start + pickle.APPENDS + pickle.STOP
     assert safepickle.check(at_limit) == ("other", len(at_limit))
